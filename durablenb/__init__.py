@@ -1,0 +1,67 @@
+"""durablenb: durable notebook analyses.
+
+Decorate functions as workflows and steps; every step's output is checkpointed to
+PostgreSQL, and rerunning a workflow after a crash resumes it from the last finished step::
+
+    import durablenb as dnb
+
+    @dnb.step
+    def load(path): ...
+
+    @dnb.workflow
+    def analysis(path):
+        return summarise(load(path))
+
+    analysis("flights.csv")   # rerun after a kernel restart: finished steps are not re-run
+"""
+
+from __future__ import annotations
+
+from .api import (
+    cancel,
+    connect,
+    fork,
+    forget,
+    gc,
+    now,
+    random,
+    recover,
+    resume,
+    sleep,
+    step,
+    transaction,
+    workflow,
+    workflow_id,
+)
+from .engine import Step, Transaction, Workflow, WorkflowHandle, connection, map, retrieve, start
+from .errors import (
+    CodeChangedError,
+    CorruptRecordError,
+    DurableError,
+    NonDeterministicWorkflowError,
+    RecordedError,
+    SchemaVersionError,
+    StoreUnavailableError,
+    UnserializableArgumentsError,
+    UnserializableError,
+    UnserializableOutputError,
+    WorkflowBusyError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+    WorkflowNotRegisteredError,
+)
+from .history import steps, workflows
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "workflow", "step", "transaction", "workflow_id", "connection", "connect", "start",
+    "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "resume", "cancel",
+    "fork", "forget", "recover", "gc", "Step", "Transaction", "Workflow", "WorkflowHandle",
+    "DurableError", "StoreUnavailableError", "SchemaVersionError", "CorruptRecordError",
+    "NonDeterministicWorkflowError", "CodeChangedError", "WorkflowBusyError",
+    "WorkflowCancelledError", "WorkflowConflictError", "WorkflowNotFoundError",
+    "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
+    "UnserializableOutputError", "RecordedError",
+]  # fmt: skip

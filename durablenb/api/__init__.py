@@ -1,0 +1,254 @@
+"""The public surface: decorators, workflow ids, handles, helpers and management verbs."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import random as _random
+import time as _time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, overload
+
+from .. import codecs
+from ..engine import Step, Transaction, Workflow, WorkflowHandle, runtime
+from ..engine.handles import submit
+from ..engine.replay import _explicit_id, execute, record_value
+from ..errors import (
+    WorkflowBusyError,
+    WorkflowNotFoundError,
+    WorkflowNotRegisteredError,
+)
+from ..store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [
+    "workflow",
+    "step",
+    "transaction",
+    "workflow_id",
+    "connect",
+    "sleep",
+    "now",
+    "random",
+    "resume",
+    "cancel",
+    "fork",
+    "forget",
+    "recover",
+    "gc",
+]
+
+
+@overload
+def workflow(func: F) -> Workflow: ...
+@overload
+def workflow(
+    func: None = None, *, name: str | None = None, on_change: str = "fork",
+    on_busy: str = "error", wait_timeout: float = 3600.0,
+) -> Callable[[F], Workflow]: ...  # fmt: skip
+def workflow(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    on_change: str = "fork",
+    on_busy: str = "error",
+    wait_timeout: float = 3600.0,
+) -> Any:
+    """Make *func* a durable workflow: ``@workflow`` or ``@workflow(name=..., ...)``.
+
+    *on_change*: ``"fork"`` re-runs from the first changed step when the code changed since
+    the recorded run, ``"error"`` raises `CodeChangedError`, ``"ignore"`` replays anyway.
+    *on_busy*: ``"error"`` or ``"wait"`` (up to *wait_timeout* s) when another executor runs it.
+    """
+    if func is None:
+        return functools.partial(workflow, name=name, on_change=on_change, on_busy=on_busy,
+                                 wait_timeout=wait_timeout)  # fmt: skip
+    return Workflow(func, name=name, on_change=on_change, on_busy=on_busy,
+                    wait_timeout=wait_timeout)  # fmt: skip
+
+
+def step(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 2.0,
+    interval: float = 1.0,
+    max_interval: float = 60.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> Any:
+    """Make *func* a checkpointed step: ``@step`` or ``@step(retries=3, backoff=2.0)``.
+
+    After a failure that is a *retry_on* exception it is tried again up to *retries* times,
+    waiting *interval* × *backoff*ⁿ seconds (at most *max_interval*).
+    """
+    if func is None:
+        return functools.partial(step, name=name, retries=retries, backoff=backoff,
+                                 interval=interval, max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+    return Step(func, name=name, retries=retries, backoff=backoff, interval=interval,
+                max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+
+
+def transaction(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 2.0,
+    interval: float = 0.1,
+    max_interval: float = 10.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> Any:
+    """Make *func* a transaction: its writes through `connection` commit with its record.
+
+    Serialization failures and deadlocks are retried by themselves; other errors as for `step`.
+    """
+    if func is None:
+        return functools.partial(transaction, name=name, retries=retries, backoff=backoff,
+                                 interval=interval, max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+    return Transaction(func, name=name, retries=retries, backoff=backoff, interval=interval,
+                       max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+
+
+@contextlib.contextmanager
+def workflow_id(wid: str) -> Iterator[str]:
+    """Give the next workflow called (or started) in this block the id *wid*."""
+    if not isinstance(wid, str) or not wid or len(wid) > 1000:
+        raise ValueError("a workflow id is a non-empty string of at most 1000 characters")
+    token = _explicit_id.set(wid)
+    try:
+        yield wid
+    finally:
+        _explicit_id.reset(token)
+
+
+def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
+    """Connect to the store: *dsn*, else ``$DURABLENB_DATABASE_URL``, else the embedded server."""
+    return runtime.connect(dsn, schema=schema)
+
+
+# -- replay-safe helpers --------------------------------------------------------------------
+
+
+def sleep(seconds: float) -> None:
+    """Sleep durably: a resumed workflow sleeps only what remains of the recorded wake-up time."""
+    wake = record_value("sleep", "dnb.sleep", lambda: _time.time() + float(seconds))
+    remaining = wake - _time.time()
+    if remaining > 0:
+        _time.sleep(remaining)
+
+
+def now() -> _dt.datetime:
+    """The current time (UTC), recorded: a replay returns the same instant."""
+    ts = record_value("now", "dnb.now", _time.time)
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+
+
+def random() -> float:
+    """A random float in [0, 1), recorded: a replay returns the same number."""
+    return record_value("random", "dnb.random", _random.random)
+
+
+# -- management --------------------------------------------------------------------------
+
+
+def _spec_for(name: str) -> Workflow:
+    wf = runtime.registered(name)
+    if wf is None:
+        raise WorkflowNotRegisteredError(
+            f"workflow {name!r} is not defined in this process; run the cell or import the "
+            "module that defines it, then try again"
+        )
+    return wf
+
+
+def _row(workflow_id: str) -> Any:
+    row = runtime.store().get_workflow(workflow_id)
+    if row is None:
+        raise WorkflowNotFoundError(f"no workflow {workflow_id!r} is recorded")
+    return row
+
+
+def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
+    args, kwargs = codecs.decode(row.inputs_codec, row.inputs, row.inputs_checksum,
+                                 what=f"inputs of workflow {row.id!r}")  # fmt: skip
+    inputs = codecs.Encoded(row.inputs_codec, bytes(row.inputs), row.inputs_checksum)
+    fut = submit(execute, runtime.store(), wf, wid, tuple(args), dict(kwargs), None, inputs,
+                 row.parent_id, row.parent_position)  # fmt: skip
+    return WorkflowHandle(wid, fut)
+
+
+def resume(workflow_id: str) -> WorkflowHandle:
+    """Run a recorded workflow again from its recorded inputs, in the background.
+
+    An interrupted workflow continues from its last recorded step. A failed or cancelled one
+    is reopened: its recorded step failures are dropped so those steps run again.
+    """
+    row = _row(workflow_id)
+    wf = _spec_for(row.name)
+    store = runtime.store()
+    if row.status == "running" and store.is_held(workflow_id):
+        raise WorkflowBusyError(workflow_id, row.executor)
+    if row.status in ("failed", "cancelled"):
+        store.reopen(workflow_id)
+    return _start_recorded(wf, row, workflow_id)
+
+
+def cancel(workflow_id: str) -> bool:
+    """Cancel a running workflow (and its children); it stops before its next step."""
+    _row(workflow_id)
+    return runtime.store().cancel(workflow_id)
+
+
+def fork(workflow_id: str, from_step: int = 0, *, new_id: str | None = None) -> WorkflowHandle:
+    """Run a copy of a workflow that reuses its step records before position *from_step*."""
+    row = _row(workflow_id)
+    wf = _spec_for(row.name)
+    wid = new_id or f"{workflow_id}~fork-{uuid.uuid4().hex[:8]}"
+    runtime.store().fork(workflow_id, wid, int(from_step), runtime.executor_id())
+    new_row = _row(wid)
+    return _start_recorded(wf, new_row, wid)
+
+
+def forget(workflow_id: str, *, force: bool = False) -> int:
+    """Delete a workflow's records (children and archived runs too); returns how many."""
+    store = runtime.store()
+    row = _row(workflow_id)
+    if row.status == "running" and store.is_held(workflow_id) and not force:
+        raise WorkflowBusyError(workflow_id, row.executor)
+    return store.forget(workflow_id)
+
+
+def recover() -> list[WorkflowHandle]:
+    """Resume, in the background, every interrupted top-level workflow defined in this process."""
+    store = runtime.store()
+    handles = []
+    held = store.held_keys()
+    missing = []
+    for row in store.running():
+        if row.parent_id is not None or store.lock_key(row.id) in held:
+            continue
+        wf = runtime.registered(row.name)
+        if wf is None:
+            missing.append(row.id)
+            continue
+        handles.append(_start_recorded(wf, row, row.id))
+    if missing:
+        import logging
+
+        logging.getLogger("durablenb").warning(
+            "not recovered (workflow not defined here): %s", ", ".join(missing)
+        )
+    return handles
+
+
+def gc(older_than: float | _dt.timedelta) -> int:
+    """Delete finished workflows not updated for *older_than* (seconds or a timedelta)."""
+    seconds = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else older_than
+    if seconds < 0:
+        raise ValueError("older_than must be >= 0")
+    return runtime.store().forget_older_than(float(seconds))
+

@@ -1,0 +1,174 @@
+"""Values to bytes and back.
+
+Every recorded value is an `Encoded`: the codec's name, the bytes and a CRC-32 checksum.
+Small plain data (``None``, bools, numbers, strings and lists/dicts of them) is JSON, so it
+stays readable from SQL; everything else is pickle protocol 5, with cloudpickle for what
+plain pickle refuses (lambdas, closures, functions defined in a notebook).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import traceback
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CorruptRecordError, RecordedError
+
+__all__ = [
+    "Encoded",
+    "EncodingError",
+    "encode",
+    "decode",
+    "checksum",
+    "encode_exception",
+    "decode_exception",
+    "JSON",
+    "PICKLE",
+    "CLOUDPICKLE",
+]
+
+JSON = "json"
+PICKLE = "pickle"
+CLOUDPICKLE = "cloudpickle"
+
+#: JSON is used only for values with at most this many scalars; larger ones pickle faster.
+JSON_MAX_ITEMS = 1000
+
+
+class EncodingError(TypeError):
+    """The value cannot be encoded by any codec."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded value: *codec* name, *data* bytes and their CRC-32 *checksum*."""
+
+    codec: str
+    data: bytes
+    checksum: int
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def checksum(data: bytes) -> int:
+    """CRC-32 of *data*."""
+    return zlib.crc32(data)
+
+
+def _json_safe(value: Any, budget: list[int]) -> bool:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is list:
+        return all(_json_safe(v, budget) for v in value)
+    if t is dict:
+        return all(type(k) is str and _json_safe(v, budget) for k, v in value.items())
+    return False
+
+
+def encode(value: Any) -> Encoded:
+    """Encode *value* with the best codec for its type; `EncodingError` if none can."""
+    if _json_safe(value, [JSON_MAX_ITEMS]):
+        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return Encoded(JSON, data, zlib.crc32(data))
+    try:
+        data = pickle.dumps(value, protocol=5)
+        codec = PICKLE
+    except Exception as first:
+        try:
+            import cloudpickle
+
+            data = cloudpickle.dumps(value, protocol=5)
+            codec = CLOUDPICKLE
+        except Exception as exc:
+            raise EncodingError(
+                f"cannot encode a value of type {type(value).__module__}."
+                f"{type(value).__qualname__}: {exc or first}"
+            ) from exc
+    return Encoded(codec, data, zlib.crc32(data))
+
+
+def decode(codec: str, data: bytes, expected_checksum: int | None = None, *, what: str = "value") -> Any:
+    """Decode *data* written by `encode`; `CorruptRecordError` when it does not check out."""
+    if data is None:
+        raise CorruptRecordError(f"the recorded {what} has no data")
+    data = bytes(data)
+    if expected_checksum is not None and zlib.crc32(data) != expected_checksum:
+        raise CorruptRecordError(
+            f"the recorded {what} fails its checksum ({len(data)} bytes, codec {codec}); "
+            "the record was altered or damaged"
+        )
+    try:
+        if codec == JSON:
+            return json.loads(data)
+        if codec in (PICKLE, CLOUDPICKLE):
+            return pickle.loads(data)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        # The value refers to a class or function this process does not define (yet).
+        raise CorruptRecordError(
+            f"the recorded {what} refers to code that is not defined in this process: {exc}. "
+            "Run the cell or import the module that defines it, then rerun."
+        ) from exc
+    except Exception as exc:
+        raise CorruptRecordError(f"the recorded {what} cannot be decoded ({codec}): {exc}") from exc
+    raise CorruptRecordError(f"the recorded {what} uses an unknown codec {codec!r}")
+
+
+@dataclass(frozen=True)
+class EncodedError:
+    """A recorded exception: pickled instance (when it round-trips) plus readable text."""
+
+    data: bytes | None
+    type_name: str
+    message: str
+    traceback_text: str
+
+
+def _type_name(exc: BaseException) -> str:
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def encode_exception(exc: BaseException) -> EncodedError:
+    """Record *exc*: pickled if it can be rebuilt from the bytes, always with type and text."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data: bytes | None = None
+    try:
+        blob = pickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # exceptions with custom __init__ often pickle but do not unpickle
+        data = blob
+    except Exception:
+        try:
+            import cloudpickle
+
+            blob = cloudpickle.dumps(exc, protocol=5)
+            pickle.loads(blob)
+            data = blob
+        except Exception:
+            data = None
+    return EncodedError(data, _type_name(exc), str(exc), tb)
+
+
+def decode_exception(
+    data: bytes | None, type_name: str | None, message: str | None, traceback_text: str | None = None
+) -> BaseException:
+    """Rebuild a recorded exception, or a `RecordedError` naming its type when that fails."""
+    if data is not None:
+        try:
+            exc = pickle.loads(bytes(data))
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return RecordedError(type_name or "Exception", message or "", traceback_text)

@@ -1,0 +1,181 @@
+"""The objects `@workflow`, `@step` and `@transaction` return."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from .hashing import code_hash, function_name
+
+_MISSING = object()
+
+
+class _Durable:
+    kind = "step"
+
+    def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__.lower()} decorates a function, got {fn!r}")
+        self.fn = fn
+        self.name = name or function_name(fn)
+        self._code_hash: str | None = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def code_hash(self) -> str:
+        """Digest of the function's code (comments, formatting and docstring aside)."""
+        if self._code_hash is None:
+            self._code_hash = code_hash(self.fn)
+        return self._code_hash
+
+    def __repr__(self) -> str:
+        return f"<durablenb {self.kind} {self.name!r}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    def __reduce__(self) -> Any:
+        module = getattr(self.fn, "__module__", None)
+        qualname = getattr(self.fn, "__qualname__", "")
+        if module and module != "__main__" and "<locals>" not in qualname:
+            try:
+                found: Any = importlib.import_module(module)
+                for part in qualname.split("."):
+                    found = getattr(found, part)
+                if found is self:
+                    return (_resolve, (module, qualname))
+            except (ImportError, AttributeError):
+                pass
+        return (_rebuild, (type(self), self.fn, self.__dict__.copy()))
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _rebuild(cls: type, fn: Callable[..., Any], state: dict[str, Any]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    obj.fn = fn
+    return obj
+
+
+class Step(_Durable):
+    """A function whose output (or exception) is recorded when it runs inside a workflow.
+
+    Outside a workflow it is a plain call. *retries* more attempts are made after an
+    exception that is an instance of *retry_on*, waiting *interval* × *backoff*ⁿ seconds.
+    """
+
+    kind = "step"
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 2.0,
+        interval: float = 1.0,
+        max_interval: float = 60.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    ) -> None:
+        super().__init__(fn, name)
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if backoff < 1.0 or interval < 0:
+            raise ValueError("backoff must be >= 1 and interval >= 0")
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.interval = float(interval)
+        self.max_interval = float(max_interval)
+        self.retry_on = retry_on
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number *attempt* (1-based)."""
+        return min(self.interval * self.backoff ** (attempt - 1), self.max_interval)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .replay import call_step
+
+        return call_step(self, args, kwargs)
+
+
+class Transaction(Step):
+    """A step whose body and record commit in one database transaction: exactly once."""
+
+    kind = "transaction"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .replay import call_transaction
+
+        return call_transaction(self, args, kwargs)
+
+
+class Workflow(_Durable):
+    """A deterministic function whose steps are checkpointed; rerunning it resumes it.
+
+    *on_change*: what a rerun does when the code changed since the recorded run —
+    ``"fork"`` (re-run from the first changed step), ``"error"`` or ``"ignore"``.
+    *on_busy*: ``"error"`` raises `WorkflowBusyError` when another executor runs the same
+    workflow; ``"wait"`` waits up to *wait_timeout* seconds for it.
+    """
+
+    kind = "workflow"
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        on_change: str = "fork",
+        on_busy: str = "error",
+        wait_timeout: float = 3600.0,
+    ) -> None:
+        super().__init__(fn, name)
+        if on_change not in ("fork", "error", "ignore"):
+            raise ValueError("on_change must be 'fork', 'error' or 'ignore'")
+        if on_busy not in ("error", "wait"):
+            raise ValueError("on_busy must be 'error' or 'wait'")
+        self.on_change = on_change
+        self.on_busy = on_busy
+        self.wait_timeout = float(wait_timeout)
+        from .runtime import register
+
+        register(self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .replay import call_workflow
+
+        return call_workflow(self, args, kwargs)
+
+    # verbs on the decorated object
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in the background; returns a `WorkflowHandle`."""
+        from .handles import start
+
+        return start(self, *args, **kwargs)
+
+    def id_for(self, *args: Any, **kwargs: Any) -> str:
+        """The workflow id a call with these arguments gets (without an explicit id)."""
+        from .hashing import args_digest, default_workflow_id
+
+        return default_workflow_id(self.name, args_digest(args, kwargs))
+
+
+def ensure_picklable(obj: Any) -> None:
+    """Raise if *obj* cannot travel to another process."""
+    try:
+        import cloudpickle
+
+        cloudpickle.dumps(obj)
+    except Exception as exc:  # pragma: no cover - message path
+        raise pickle.PicklingError(str(exc)) from exc

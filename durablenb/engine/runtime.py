@@ -1,0 +1,81 @@
+"""Process-wide state: the connected store, this executor's name, the workflow registry."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from .. import server
+from ..store import Store
+
+if TYPE_CHECKING:
+    from .defs import Workflow
+
+logger = logging.getLogger("durablenb")
+
+_lock = threading.RLock()
+_store: Store | None = None
+_registry: dict[str, Workflow] = {}
+
+
+def executor_id() -> str:
+    """``host:pid`` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
+    """Connect the process to a store, replacing the current one.
+
+    *dsn*: a PostgreSQL URL or conninfo; default ``$DURABLENB_DATABASE_URL``, else the
+    embedded server under ``$DURABLENB_HOME``. *schema*: default ``$DURABLENB_SCHEMA`` or
+    ``durablenb``.
+    """
+    global _store
+    with _lock:
+        target = dsn or server.dsn_from_env() or server.start()
+        new = Store(target, schema=schema or os.environ.get("DURABLENB_SCHEMA") or "durablenb")
+        old, _store = _store, new
+    if old is not None:
+        old.close()
+    logger.info("durablenb connected to %s", new.masked_dsn)
+    return new
+
+
+def store() -> Store:
+    """The connected store, connecting with the defaults on first use."""
+    if _store is None:
+        with _lock:
+            if _store is None:
+                connect()
+    assert _store is not None
+    return _store
+
+
+def current_store() -> Store | None:
+    """The connected store, or None when not connected yet."""
+    return _store
+
+
+def disconnect() -> None:
+    """Close the current store, if any."""
+    global _store
+    with _lock:
+        old, _store = _store, None
+    if old is not None:
+        old.close()
+
+
+atexit.register(disconnect)
+
+
+def register(wf: Workflow) -> None:
+    """Remember *wf* by name so recorded runs of it can be resumed (last definition wins)."""
+    _registry[wf.name] = wf
+
+
+def registered(name: str) -> Workflow | None:
+    return _registry.get(name)

@@ -1,0 +1,146 @@
+"""Exceptions raised by durablenb.
+
+Every error a user can meet derives from `DurableError`::
+
+    DurableError
+    ├── StoreUnavailableError          the database cannot be reached (DSN shown, password masked)
+    ├── SchemaVersionError             the database holds a newer durablenb schema than this code
+    ├── CorruptRecordError             a stored record fails its checksum or cannot be decoded
+    ├── NonDeterministicWorkflowError  a replay met another step than the one recorded there
+    ├── CodeChangedError               code changed and the workflow asked for ``on_change="error"``
+    ├── WorkflowBusyError              another executor (kernel, process) runs this workflow now
+    ├── WorkflowCancelledError         the workflow was cancelled
+    ├── WorkflowConflictError          an explicit id is reused with another workflow or arguments
+    ├── WorkflowNotFoundError          no workflow with that id is recorded
+    ├── WorkflowNotRegisteredError     the workflow's function is not defined in this process
+    ├── UnserializableError            a value cannot be encoded (also a `TypeError`)
+    │   ├── UnserializableArgumentsError   arguments of a workflow or step
+    │   └── UnserializableOutputError      the output of a step or workflow
+    └── RecordedError                  a recorded exception that cannot be rebuilt as its own type
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DurableError",
+    "StoreUnavailableError",
+    "SchemaVersionError",
+    "CorruptRecordError",
+    "NonDeterministicWorkflowError",
+    "CodeChangedError",
+    "WorkflowBusyError",
+    "WorkflowCancelledError",
+    "WorkflowConflictError",
+    "WorkflowNotFoundError",
+    "WorkflowNotRegisteredError",
+    "UnserializableError",
+    "UnserializableArgumentsError",
+    "UnserializableOutputError",
+    "RecordedError",
+]
+
+
+class DurableError(Exception):
+    """Root of every error raised by durablenb."""
+
+
+class StoreUnavailableError(DurableError):
+    """The PostgreSQL store cannot be reached or stopped answering."""
+
+    def __init__(self, message: str, dsn: str | None = None) -> None:
+        super().__init__(message)
+        self.dsn = dsn
+
+
+class SchemaVersionError(DurableError):
+    """The database schema was created by a newer durablenb than the one running."""
+
+
+class CorruptRecordError(DurableError):
+    """A stored value fails its checksum or cannot be decoded."""
+
+
+class NonDeterministicWorkflowError(DurableError):
+    """A replay called a different step than the one recorded at that position."""
+
+    def __init__(self, workflow_id: str, position: int, recorded: str, called: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is not deterministic: at step position {position} "
+            f"the record holds {recorded!r} but the replay called {called!r}, and the code "
+            "of the workflow and its steps is unchanged. Move non-deterministic decisions "
+            "(time, randomness, I/O) into steps, or use dnb.now()/dnb.random()."
+        )
+        self.workflow_id = workflow_id
+        self.position = position
+        self.recorded = recorded
+        self.called = called
+
+
+class CodeChangedError(DurableError):
+    """The code of a recorded workflow or step changed and ``on_change="error"`` was asked."""
+
+
+class WorkflowBusyError(DurableError):
+    """Another live executor holds the workflow."""
+
+    def __init__(self, workflow_id: str, executor: str | None = None) -> None:
+        who = f" by {executor}" if executor else ""
+        super().__init__(
+            f"workflow {workflow_id!r} is running{who} right now; wait for it to finish, "
+            "call it with on_busy='wait', or cancel it with dnb.cancel(id)"
+        )
+        self.workflow_id = workflow_id
+        self.executor = executor
+
+
+class WorkflowCancelledError(DurableError):
+    """The workflow was cancelled; it runs no further steps."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was cancelled; dnb.resume(id) runs it again, "
+            "dnb.forget(id) removes it"
+        )
+        self.workflow_id = workflow_id
+
+
+class WorkflowConflictError(DurableError):
+    """An explicit workflow id is already recorded for another workflow or other arguments."""
+
+
+class WorkflowNotFoundError(DurableError, KeyError):
+    """No workflow with the given id is recorded."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+class WorkflowNotRegisteredError(DurableError):
+    """The recorded workflow's function is not defined in this process."""
+
+
+class UnserializableError(DurableError, TypeError):
+    """A value cannot be encoded for the store."""
+
+
+class UnserializableArgumentsError(UnserializableError):
+    """The arguments of a workflow (or of a step that must ship them) cannot be encoded."""
+
+
+class UnserializableOutputError(UnserializableError):
+    """A step's or workflow's output cannot be encoded; names the step and the type."""
+
+    def __init__(self, message: str, step: str | None = None, type_name: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.type_name = type_name
+
+
+class RecordedError(DurableError):
+    """Stands in for a recorded exception whose own type cannot be rebuilt."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str | None = None):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text

@@ -1,0 +1,91 @@
+"""Workflows and steps as pandas DataFrames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ..engine import runtime
+
+__all__ = ["workflows", "steps"]
+
+_WF_DTYPES = {
+    "workflow_id": "string",
+    "name": "string",
+    "status": "string",
+    "executor": "string",
+    "runs": "Int64",
+    "parent_id": "string",
+    "forked_from": "string",
+    "error_type": "string",
+    "error_message": "string",
+    "steps": "Int64",
+    "failed_steps": "Int64",
+}
+
+_STEP_DTYPES = {
+    "workflow_id": "string",
+    "position": "Int64",
+    "name": "string",
+    "kind": "string",
+    "status": "string",
+    "attempts": "Int64",
+    "output_bytes": "Int64",
+    "codec": "string",
+    "error_type": "string",
+    "error_message": "string",
+    "child_id": "string",
+    "code_hash": "string",
+}
+
+
+def _frame(cols: list[str], rows: list[tuple[Any, ...]], dtypes: dict[str, str]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(rows, columns=cols)
+    for col in cols:
+        if col.endswith("_at"):
+            df[col] = pd.to_datetime(df[col], utc=True)
+    return df.astype({k: v for k, v in dtypes.items() if k in df.columns})
+
+
+def workflows(
+    status: str | list[str] | None = None,
+    name: str | None = None,
+    since: Any = None,
+    limit: int | None = 100,
+) -> pd.DataFrame:
+    """One row a workflow, newest first.
+
+    *status*: one status or a list (``running``, ``interrupted``, ``succeeded``, ``failed``,
+    ``cancelled``, ``superseded``); *name*: the workflow's name; *since*: created at or after
+    this time; *limit*: the most rows (None for all). A running workflow that no live
+    executor holds is shown as ``interrupted``.
+    """
+    store = runtime.store()
+    wanted = None if status is None else ([status] if isinstance(status, str) else list(status))
+    db_status = None
+    if wanted is not None:
+        db_status = sorted({"running" if s == "interrupted" else s for s in wanted})
+    cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit)
+    held = store.held_keys() if any(r[2] == "running" for r in rows) else set()
+    fixed = []
+    for r in rows:
+        r = list(r)
+        if r[2] == "running" and store.lock_key(r[0]) not in held:
+            r[2] = "interrupted"
+        fixed.append(tuple(r))
+    if wanted is not None:
+        fixed = [r for r in fixed if r[2] in wanted]
+        if limit is not None:
+            fixed = fixed[:limit]
+    df = _frame(cols, fixed, _WF_DTYPES)
+    df.insert(6, "duration", df["finished_at"] - df["created_at"])
+    return df.reset_index(drop=True)
+
+
+def steps(workflow_id: str) -> pd.DataFrame:
+    """One row a recorded step of *workflow_id*, in position order."""
+    cols, rows = runtime.store().query_steps(workflow_id)
+    df = _frame(cols, rows, _STEP_DTYPES)
+    df.insert(7, "duration", df["finished_at"] - df["started_at"])
+    return df.reset_index(drop=True)

