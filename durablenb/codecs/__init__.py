@@ -140,23 +140,54 @@ def _type_name(exc: BaseException) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-def encode_exception(exc: BaseException) -> EncodedError:
-    """Record *exc*: pickled if it can be rebuilt from the bytes, always with type and text."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    data: bytes | None = None
-    try:
-        blob = pickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # exceptions with custom __init__ often pickle but do not unpickle
-        data = blob
-    except Exception:
-        try:
-            import cloudpickle
+_EXC_STATE = "durablenb.exception-state"
 
-            blob = cloudpickle.dumps(exc, protocol=5)
-            pickle.loads(blob)
-            data = blob
+
+def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _try_pickle(obj: Any) -> bytes | None:
+    for dumps in _dumpers():
+        try:
+            blob = dumps(obj)
+            loaded = pickle.loads(blob)
+            if isinstance(loaded, tuple) and loaded and loaded[0] == _EXC_STATE:
+                _rebuild_exception(*loaded[1:])
+            return blob
         except Exception:
-            data = None
+            continue
+    return None
+
+
+def _dumpers() -> list[Any]:
+    out: list[Any] = [lambda o: pickle.dumps(o, protocol=5)]
+    try:
+        import cloudpickle
+
+        out.append(lambda o: cloudpickle.dumps(o, protocol=5))
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def encode_exception(exc: BaseException) -> EncodedError:
+    """Record *exc*: pickled if it can be rebuilt from the bytes, always with type and text.
+
+    Exceptions whose ``__init__`` does not take their ``args`` back (a common pattern) are
+    rebuilt from their class, ``args`` and attributes without calling ``__init__``.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data = _try_pickle(exc)
+    if data is None:
+        try:
+            state = {k: v for k, v in vars(exc).items() if not k.startswith("__")}
+        except TypeError:
+            state = {}
+        data = _try_pickle((_EXC_STATE, type(exc), tuple(exc.args), state))
     return EncodedError(data, _type_name(exc), str(exc), tb)
 
 
@@ -167,6 +198,8 @@ def decode_exception(
     if data is not None:
         try:
             exc = pickle.loads(bytes(data))
+            if isinstance(exc, tuple) and exc and exc[0] == _EXC_STATE:
+                exc = _rebuild_exception(*exc[1:])
             if isinstance(exc, BaseException):
                 return exc
         except Exception:

@@ -1,0 +1,141 @@
+"""Test fixtures: one store per test in a fresh schema, on the embedded server or on
+``$DURABLENB_TEST_DSN``; helpers to run workflows in real child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import durablenb as dnb
+from durablenb import server
+from durablenb.engine import runtime
+from durablenb.store import mask_dsn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _backend() -> tuple[str, str, Path | None]:
+    """``(kind, dsn, embedded home)`` for this test run."""
+    dsn = os.environ.get("DURABLENB_TEST_DSN")
+    if dsn:
+        return "server", dsn, None
+    home = Path(tempfile.mkdtemp(prefix="durablenb-test-home-"))
+    return "embedded", server.start(home), home
+
+
+_KIND, _DSN, _HOME = _backend()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"durablenb backend: {_KIND} ({mask_dsn(_DSN)})"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    runtime.disconnect()
+    if _HOME is not None:
+        server.stop(_HOME)
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    return _KIND
+
+
+@pytest.fixture(scope="session")
+def dsn() -> str:
+    return _DSN
+
+
+@pytest.fixture
+def schema(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh schema connected as the process's store; the same for child processes."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    if _HOME is not None:
+        monkeypatch.setenv("DURABLENB_HOME", str(_HOME))
+        monkeypatch.delenv("DURABLENB_DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("DURABLENB_DATABASE_URL", _DSN)
+    monkeypatch.setenv("DURABLENB_SCHEMA", name)
+    dnb.connect(_DSN, schema=name)
+    yield name
+    runtime.disconnect()
+    with psycopg.connect(_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def sql(dsn: str):
+    """An autocommit connection for checks and set-up."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+class Effects:
+    """Side effects counted in files: ``hit(name)`` appends a line, ``count(name)`` reads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def count(self, name: str) -> int:
+        p = self.path(name)
+        return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+@pytest.fixture
+def effects(tmp_path: Path) -> Effects:
+    return Effects(tmp_path / "effects")
+
+
+PRELUDE = """
+import os, sys, json
+from pathlib import Path
+import durablenb as dnb
+
+EFFECTS = Path(os.environ["EFFECTS_DIR"])
+
+def hit(name, value=""):
+    with open(EFFECTS / f"{name}.log", "a") as f:
+        f.write(f"{os.getpid()} {value}\\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+def crash_once(tag):
+    # Hard-kill this process the first time it gets here: no cleanup, no atexit.
+    marker = EFFECTS / f"crashed-{tag}"
+    if not marker.exists():
+        marker.write_text("1")
+        os._exit(137)
+"""
+
+
+@pytest.fixture
+def run_child(tmp_path: Path, effects: Effects, schema: str):
+    """Run a Python script (prelude included) in a fresh interpreter; returns the process."""
+
+    def run(body: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            name: str = "child.py", background: bool = False):  # fmt: skip
+        script = tmp_path / name
+        script.write_text(PRELUDE + textwrap.dedent(body))
+        full_env = dict(os.environ)
+        full_env["EFFECTS_DIR"] = str(effects.root)
+        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        cmd = [sys.executable, str(script), *args]
+        if background:
+            return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    return run
