@@ -20,8 +20,8 @@ from __future__ import annotations
 from .api import (
     cancel,
     connect,
-    fork,
     forget,
+    fork,
     gc,
     now,
     random,

@@ -98,6 +98,9 @@ class Step(_Durable):
         self.interval = float(interval)
         self.max_interval = float(max_interval)
         self.retry_on = retry_on
+        from .runtime import register_step
+
+        register_step(self)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number *attempt* (1-based)."""

@@ -172,7 +172,9 @@ def _run_pending(
                 failures[i] = value
 
 
-def _store_result(i: int, get: Callable[[], Any], results: list[Any], failures: dict[int, BaseException]) -> None:
+def _store_result(
+    i: int, get: Callable[[], Any], results: list[Any], failures: dict[int, BaseException]
+) -> None:
     try:
         results[i] = get()
     except Exception as exc:

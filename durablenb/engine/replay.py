@@ -344,7 +344,9 @@ def record_value(kind: str, name: str, compute: Callable[[], Any]) -> Any:
 # -- workflows --------------------------------------------------------------------------
 
 
-def encode_inputs(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, codecs.Encoded]:
+def encode_inputs(
+    spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, codecs.Encoded]:
     """The argument digest and encoded inputs; `UnserializableArgumentsError` before anything runs."""
     digest = args_digest(args, kwargs)
     try:
@@ -438,10 +440,16 @@ def execute(
             if changed and spec.on_change == "error":
                 raise CodeChangedError(f"the code of workflow {wid!r} changed since it was recorded")
             changed = changed and spec.on_change == "fork"
-            if not changed and row.status in ("succeeded", "failed"):
+            finished = row.status in ("succeeded", "failed")
+            edited = finished and spec.on_change != "ignore" and _edited_steps(run.records)
+            if edited and spec.on_change == "error":
+                raise CodeChangedError(
+                    f"the code of step {edited[0]!r} of workflow {wid!r} changed since it was recorded"
+                )
+            if not changed and not edited and finished:
                 return recorded_outcome(row)
             run.code_changed = changed
-            if changed and row.status != "running":
+            if (changed or edited) and finished:
                 run.archive_id = lease.archive()
                 run.notes.append(f"the workflow changed; the previous run is kept as {run.archive_id!r}")
                 lease.restart(runtime.executor_id(), spec.code_hash, run.archive_id)
@@ -455,6 +463,18 @@ def execute(
         store.clear_cancelled(wid)
 
 
+def _edited_steps(records: dict[int, StepRecord]) -> list[str]:
+    """Names of recorded steps whose current definition in this process has other code."""
+    out = []
+    for rec in records.values():
+        if rec.code_hash is None:
+            continue
+        current_def = runtime.registered_step(rec.name)
+        if current_def is not None and current_def.code_hash != rec.code_hash:
+            out.append(rec.name)
+    return out
+
+
 def _run_body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     tok_run, tok_id = _current.set(run), _explicit_id.set(None)
     try:
@@ -464,8 +484,9 @@ def _run_body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: d
             raise
         except Exception as exc:
             err = codecs.encode_exception(exc)
-            run.lease.finish(Outcome("failed", error=err.data, error_type=err.type_name,
-                                     error_message=err.message, error_traceback=err.traceback_text))  # fmt: skip
+            outcome = Outcome("failed", error=err.data, error_type=err.type_name,
+                              error_message=err.message, error_traceback=err.traceback_text)  # fmt: skip
+            run.lease.finish(outcome)
             raise
         rec = _record(run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
         if rec.status == "succeeded":

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import server
 from ..store import Store
@@ -20,6 +20,7 @@ logger = logging.getLogger("durablenb")
 _lock = threading.RLock()
 _store: Store | None = None
 _registry: dict[str, Workflow] = {}
+_steps: dict[str, Any] = {}
 
 
 def executor_id() -> str:
@@ -79,3 +80,12 @@ def register(wf: Workflow) -> None:
 
 def registered(name: str) -> Workflow | None:
     return _registry.get(name)
+
+
+def register_step(step: Any) -> None:
+    """Remember the latest definition of a step by name (to spot code edits)."""
+    _steps[step.name] = step
+
+
+def registered_step(name: str) -> Any:
+    return _steps.get(name) or _registry.get(name)

@@ -149,7 +149,7 @@ class Store:
         conn.execute("SELECT pg_advisory_unlock_all()")
 
     def _on_notify(self, note: psycopg.Notify) -> None:
-        schema, _, wid = note.payload.partition("\0")
+        schema, _, wid = note.payload.partition("|")
         if schema == self.schema:
             with self._cancel_lock:
                 self._cancelled.add(wid)
@@ -358,7 +358,7 @@ class Store:
                 [workflow_id, len(workflow_id) + 1, workflow_id + "/"],
             ).fetchall()
             for (wid,) in rows:
-                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}\0{wid}"])
+                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}|{wid}"])
         return bool(rows)
 
     def reopen(self, workflow_id: str) -> None:

@@ -1,0 +1,43 @@
+# durablenb: `make demo` and `make test` set up everything on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SERVER_DSN ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test test-embedded test-server lint bench clean venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	DURABLENB_HOME=$(CURDIR)/.durablenb-demo $(PY) -m durablenb.demo
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check durablenb tests bench
+
+# Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN).
+test: lint test-embedded test-server
+
+test-embedded: $(VENV)/.installed
+	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-server: $(VENV)/.installed
+	@$(PY) -c "import psycopg,sys; psycopg.connect('$(SERVER_DSN)', connect_timeout=5).close()" \
+	  || (echo "PostgreSQL is not reachable at $(SERVER_DSN); set SERVER_DSN" >&2; exit 1)
+	DURABLENB_TEST_DSN=$(SERVER_DSN) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)
+	$(PY) bench/step_overhead.py
+
+clean:
+	rm -rf $(VENV) .durablenb-demo build *.egg-info

@@ -1,0 +1,106 @@
+"""The store: migrations, schema versions, unreachable databases, masked passwords."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+import durablenb as dnb
+from durablenb.store import Store, latest_version, mask_dsn
+
+
+@pytest.mark.parametrize(
+    "dsn,masked",
+    [
+        ("postgresql://ann:s3cret@db:5432/x", "postgresql://ann:***@db:5432/x"),
+        ("postgresql://ann@db/x", "postgresql://ann@db/x"),
+        ("host=db user=ann password=s3cret dbname=x", "host=db user=ann password=*** dbname=x"),
+        ("host=db password='a b\\'c' dbname=x", "host=db password=*** dbname=x"),
+        ("postgresql://db/x?user=ann&password=s3cret", "postgresql://db/x?user=ann&password=***"),
+    ],
+)
+def test_mask_dsn(dsn, masked):
+    assert mask_dsn(dsn) == masked
+
+
+def test_unreachable_database_is_a_clear_error_with_the_password_masked():
+    dsn = "postgresql://ann:hunter2@127.0.0.1:1/nowhere?connect_timeout=2"
+    with pytest.raises(dnb.StoreUnavailableError) as info:
+        dnb.connect(dsn)
+    text = str(info.value)
+    assert "hunter2" not in text and "hunter2" not in repr(info.value)
+    assert "127.0.0.1:1" in text and "***" in text
+    assert info.value.dsn == mask_dsn(dsn)
+
+
+def test_migrations_create_the_schema_once(schema, sql, dsn):
+    versions = sql.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+    assert versions == [(latest_version(),)]
+    again = Store(dsn, schema=schema)  # a second connect migrates nothing
+    again.close()
+    tables = {r[0] for r in sql.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])}
+    assert {"workflows", "steps", "schema_version"} <= tables
+
+
+def test_a_newer_schema_is_refused(schema, sql, dsn):
+    sql.execute(f'INSERT INTO "{schema}".schema_version (version, name) VALUES (999, \'future\')')
+    with pytest.raises(dnb.SchemaVersionError, match="999"):
+        Store(dsn, schema=schema)
+
+
+def test_invalid_schema_name_is_refused(dsn):
+    with pytest.raises(ValueError, match="schema"):
+        Store(dsn, schema='x"; DROP TABLE y; --')
+
+
+def test_ids_and_names_with_quotes_are_stored_verbatim(schema):
+    @dnb.workflow(name="it's \"quoted\"; DROP TABLE steps; --")
+    def odd(x):
+        return x
+
+    wid = "id with 'quotes' and \"double\" -- and ; and \\ backslash / slash"
+    with dnb.workflow_id(wid):
+        assert odd(3) == 3
+    with dnb.workflow_id(wid):
+        assert odd(3) == 3
+    row = dnb.workflows().iloc[0]
+    assert row["workflow_id"] == wid and row["name"] == odd.name
+
+
+def test_corrupt_record_is_detected_by_its_checksum(schema, sql):
+    @dnb.step
+    def s():
+        return {"answer": 42}
+
+    @dnb.workflow
+    def wf():
+        return s()
+
+    class Boom(BaseException):
+        pass
+
+    assert wf() == {"answer": 42}
+    # Damage the step record and reopen the workflow so it replays the step.
+    sql.execute(f'UPDATE "{schema}".steps SET output = %s', [b'{"answer":43}'])
+    sql.execute(f"UPDATE \"{schema}\".workflows SET status = 'running'")
+    with pytest.raises(dnb.CorruptRecordError, match="checksum"):
+        wf()
+    assert dnb.workflows().loc[0, "status"] == "interrupted"  # nothing recorded as done
+
+
+def test_records_survive_a_reconnect(schema, dsn):
+    @dnb.step
+    def s():
+        return 5
+
+    @dnb.workflow
+    def wf():
+        return s()
+
+    assert wf() == 5
+    dnb.connect(dsn, schema=schema)
+    assert wf() == 5
+    with psycopg.connect(dsn) as conn:
+        n = conn.execute(f'SELECT count(*) FROM "{schema}".steps').fetchone()[0]
+    assert n == 1
