@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import queue
 import re
 import threading
 from collections.abc import Iterator
@@ -44,8 +46,11 @@ class _Queries:
 
     def __init__(self, qschema: str) -> None:
         s = self.s = qschema
+        # Workflow rows commit with synchronous_commit set per statement (see Store).
+        mode = "coalesce(%(commit_mode)s, current_setting('synchronous_commit'))"
         self.begin = (
-            "WITH lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
+            f"WITH cfg AS (SELECT set_config('synchronous_commit', {mode}, true) AS v), "
+            "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
             f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
             "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
             "forked_from) "
@@ -53,7 +58,7 @@ class _Queries:
             "%(inputs_checksum)s, %(code_hash)s, %(executor)s, %(parent_id)s, "
             "%(parent_position)s, %(forked_from)s FROM lk WHERE lk.got "
             "ON CONFLICT (id) DO NOTHING RETURNING 1) "
-            "SELECT lk.got, EXISTS (SELECT 1 FROM ins) FROM lk"
+            "SELECT lk.got, EXISTS (SELECT 1 FROM ins), (SELECT v FROM cfg) FROM lk"
         )
         self.insert_step = (
             f"INSERT INTO {s}.steps ({STEP_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %b, %s, %s, %s, "
@@ -61,11 +66,16 @@ class _Queries:
             "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1"
         )
         self.finish = (
-            f"UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
+            f"WITH cfg AS (SELECT set_config('synchronous_commit', {mode}, true) AS v), "
+            f"upd AS (UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
             "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
             "error_type = %(error_type)s, error_message = %(error_message)s, "
             "error_traceback = %(error_traceback)s, updated_at = clock_timestamp(), "
-            "finished_at = clock_timestamp() WHERE id = %(id)s AND status = 'running'"
+            "finished_at = clock_timestamp() WHERE id = %(id)s AND status = 'running' RETURNING 1) "
+            # A transaction-level hold on the same key keeps the workflow locked until this
+            # statement commits, so the session lock can be let go in the same round trip.
+            "SELECT (SELECT v FROM cfg), (SELECT count(*) FROM upd), "
+            "CASE WHEN pg_try_advisory_xact_lock(%(key)s) THEN pg_advisory_unlock(%(key)s) END"
         )
 
 
@@ -74,6 +84,12 @@ class Store:
 
     *dsn*: a libpq connection string or URL. *schema*: the schema holding the tables,
     created and migrated on first use. *max_size*: the most connections kept open.
+
+    Step records always commit synchronously: once a step's record is acknowledged it
+    survives any crash. The rows that open and close a workflow commit asynchronously
+    unless *sync_status* (or ``DURABLENB_SYNC_STATUS=1``): PostgreSQL writes its log in
+    order, so they are durable no later than the next step record, and losing one to a
+    server crash only means the workflow replays its recorded steps once more.
     """
 
     def __init__(
@@ -83,6 +99,7 @@ class Store:
         schema: str = "durablenb",
         max_size: int = 16,
         connect_timeout: float = 10.0,
+        sync_status: bool | None = None,
     ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}: use letters, digits and _")
@@ -92,7 +109,14 @@ class Store:
         self._q = _Queries(self.qschema)
         self._cancelled: set[str] = set()
         self._cancel_lock = threading.Lock()
+        self._finishing: dict[str, threading.Event] = {}
+        self._finish_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._finisher: threading.Thread | None = None
+        self._finish_lock = threading.Lock()
         self.connect_timeout = connect_timeout
+        if sync_status is None:
+            sync_status = os.environ.get("DURABLENB_SYNC_STATUS", "") not in ("", "0")
+        self.status_commit_mode: str | None = None if sync_status else "off"
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn:
                 self.server_version = conn.info.server_version
@@ -105,7 +129,6 @@ class Store:
             max_size=max_size,
             kwargs={"autocommit": True},
             configure=self._configure,
-            reset=self._reset,
             open=False,
             timeout=connect_timeout,
             name=f"durablenb-{schema}",
@@ -120,8 +143,61 @@ class Store:
         return mask_dsn(self.dsn)
 
     def close(self) -> None:
-        """Close every connection; running leases lose their locks."""
+        """Write pending workflow ends, then close every connection."""
+        self.flush()
         self.pool.close()
+
+    # -- workflow ends, written behind ----------------------------------------------------
+    def _finish_now(self, workflow_id: str, conn: psycopg.Connection, params: dict[str, Any]) -> None:
+        try:
+            with self._guard():
+                _, _, unlocked = conn.execute(self._q.finish, params, prepare=True).fetchone()
+            if not unlocked:
+                conn.close()  # never pool a connection that may still hold a lock
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self._putconn(conn)
+
+    def _finish_later(self, workflow_id: str, conn: psycopg.Connection, params: dict[str, Any]) -> None:
+        with self._finish_lock:
+            self._finishing[workflow_id] = done = threading.Event()
+            if self._finisher is None or not self._finisher.is_alive():
+                self._finisher = threading.Thread(
+                    target=self._finish_loop, name=f"durablenb-finisher-{self.schema}", daemon=True
+                )
+                self._finisher.start()
+        self._finish_queue.put((workflow_id, conn, params, done))
+
+    def _finish_loop(self) -> None:
+        while True:
+            item = self._finish_queue.get()
+            if item is None:
+                return
+            workflow_id, conn, params, done = item
+            try:
+                self._finish_now(workflow_id, conn, params)
+            except Exception as exc:
+                logger.warning("could not record the end of workflow %s (%s); a rerun replays "
+                               "its recorded steps", workflow_id, exc)  # fmt: skip
+            finally:
+                with self._finish_lock:
+                    if self._finishing.get(workflow_id) is done:
+                        del self._finishing[workflow_id]
+                done.set()
+
+    def _wait_finished(self, workflow_id: str) -> None:
+        done = self._finishing.get(workflow_id)
+        if done is not None:
+            done.wait()
+
+    def flush(self) -> None:
+        """Wait until every workflow end handed to the finisher is written."""
+        with self._finish_lock:
+            pending = list(self._finishing.values())
+        for done in pending:
+            done.wait()
 
     # -- connections -----------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
@@ -144,9 +220,6 @@ class Store:
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.add_notify_handler(self._on_notify)
         conn.execute(f"LISTEN {CANCEL_CHANNEL}")
-
-    def _reset(self, conn: psycopg.Connection) -> None:
-        conn.execute("SELECT pg_advisory_unlock_all()")
 
     def _on_notify(self, note: psycopg.Notify) -> None:
         schema, _, wid = note.payload.partition("|")
@@ -312,6 +385,7 @@ class Store:
     # -- workflows -------------------------------------------------------------------------
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """The record of *workflow_id*, if any."""
+        self.flush()
         with self.connection() as conn:
             row = conn.execute(
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s",
@@ -322,6 +396,7 @@ class Store:
 
     def held_keys(self) -> set[int]:
         """Advisory lock keys held right now by any session on this database."""
+        self.flush()
         with self.connection() as conn:
             rows = conn.execute(
                 "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
@@ -335,6 +410,7 @@ class Store:
 
     def running(self) -> list[WorkflowRow]:
         """Workflows recorded as running (live elsewhere, or interrupted)."""
+        self.flush()
         with self.connection() as conn:
             rows = conn.execute(
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows "
@@ -349,6 +425,7 @@ class Store:
 
     def cancel(self, workflow_id: str) -> bool:
         """Mark *workflow_id* (and its derived children) cancelled; tell its executor."""
+        self.flush()
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             rows = conn.execute(
@@ -387,6 +464,7 @@ class Store:
 
     def forget(self, workflow_id: str) -> int:
         """Delete *workflow_id*, its derived children and archived runs; returns rows removed."""
+        self.flush()
         with self.connection() as conn, conn.transaction():
             return self._forget_txn(conn, workflow_id)
 
@@ -409,6 +487,7 @@ class Store:
         limit: int | None = 100,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Workflow rows with step counts, newest first: ``(columns, rows)``."""
+        self.flush()
         s = self.qschema
         where, params = [], []
         if status is not None:
@@ -446,6 +525,7 @@ class Store:
 
     def query_steps(self, workflow_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
+        self.flush()
         q = (
             "SELECT workflow_id, position, name, kind, status, started_at, finished_at, attempts, "
             "output_bytes, codec, error_type, error_message, child_id, code_hash "

@@ -24,6 +24,7 @@ class Lease:
         self.store = store
         self.workflow_id = workflow_id
         self.key = store.lock_key(workflow_id)
+        store._wait_finished(workflow_id)
         self.conn: psycopg.Connection | None = store._getconn()
         self.locked = False
         self.q = store._q
@@ -47,12 +48,13 @@ class Lease:
             "parent_id": new.parent_id,
             "parent_position": new.parent_position,
             "forked_from": new.forked_from,
+            "commit_mode": self.store.status_commit_mode,
         }
         deadline = None if wait is None else time.monotonic() + wait
         delay = 0.02
         with self.store._guard():
             while True:
-                got, created = self._c.execute(self.q.begin, params, prepare=True).fetchone()
+                got, created, _ = self._c.execute(self.q.begin, params, prepare=True).fetchone()
                 if got:
                     self.locked = True
                     return True, bool(created)
@@ -128,28 +130,34 @@ class Lease:
         with self.store._guard(), self._c.transaction():
             self.store._truncate_txn(self._c, self.workflow_id, position, archive_id)
 
-    def finish(self, outcome: Outcome) -> None:
-        """Record how the workflow ended and let go of it, in one round trip."""
-        with self.store._guard():
-            with self._c.pipeline():
-                self._c.execute(
-                    self.q.finish,
-                    {
-                        "id": self.workflow_id,
-                        "status": outcome.status,
-                        "output": outcome.output,
-                        "codec": outcome.codec,
-                        "checksum": outcome.checksum,
-                        "error": outcome.error,
-                        "error_type": outcome.error_type,
-                        "error_message": outcome.error_message,
-                        "error_traceback": outcome.error_traceback,
-                    },
-                    prepare=True,
-                )
-                self._c.execute("SELECT pg_advisory_unlock(%s)", [self.key], prepare=True)
-            self.locked = False
-        self.close()
+    def finish(self, outcome: Outcome, *, background: bool = True) -> None:
+        """Record how the workflow ended and let go of it.
+
+        With *background* the write is handed to the store's finisher thread and this
+        returns at once; the workflow stays locked until the write commits. Losing it to a
+        crash only leaves the workflow to replay its recorded steps once more.
+        """
+        conn, self.conn = self.conn, None
+        if conn is None:
+            raise RuntimeError("the lease is closed")
+        params = {
+            "id": self.workflow_id,
+            "key": self.key,
+            "status": outcome.status,
+            "output": outcome.output,
+            "codec": outcome.codec,
+            "checksum": outcome.checksum,
+            "error": outcome.error,
+            "error_type": outcome.error_type,
+            "error_message": outcome.error_message,
+            "error_traceback": outcome.error_traceback,
+            "commit_mode": self.store.status_commit_mode,
+        }
+        self.locked = False
+        if background:
+            self.store._finish_later(self.workflow_id, conn, params)
+        else:
+            self.store._finish_now(self.workflow_id, conn, params)
 
     def close(self) -> None:
         """Let go of the workflow (it stays as recorded) and return the connection."""

@@ -30,8 +30,6 @@ CREATE TABLE {schema}.workflows (
 
 CREATE INDEX workflows_status_created_idx ON {schema}.workflows (status, created_at);
 CREATE INDEX workflows_name_created_idx ON {schema}.workflows (name, created_at);
-CREATE INDEX workflows_created_idx ON {schema}.workflows (created_at);
-CREATE INDEX workflows_parent_idx ON {schema}.workflows (parent_id) WHERE parent_id IS NOT NULL;
 
 CREATE TABLE {schema}.steps (
     workflow_id     text NOT NULL
