@@ -104,3 +104,15 @@ def test_records_survive_a_reconnect(schema, dsn):
     with psycopg.connect(dsn) as conn:
         n = conn.execute(f'SELECT count(*) FROM "{schema}".steps').fetchone()[0]
     assert n == 1
+
+
+def test_exhausted_pool_is_a_clear_error(schema, dsn):
+    store = Store(dsn, schema=schema, max_size=1, connect_timeout=1)
+    try:
+        held = store.lease("a")
+        with pytest.raises(dnb.StoreUnavailableError, match="no free connection"):
+            store.lease("b")
+        held.close()
+        store.lease("b").close()  # the connection came back
+    finally:
+        store.close()

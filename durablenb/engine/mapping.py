@@ -117,59 +117,73 @@ def _run_pending(
     else:
         pool = cf.ThreadPoolExecutor(max_workers=min(workers, len(pending)),
                                      thread_name_prefix="durablenb-map")  # fmt: skip
-    with pool:
-        futures: dict[cf.Future[Any], int] = {}
-        for i in pending:
-            started[i] = time.time()
-            if use_processes:
-                fut = pool.submit(_in_process, payloads[i])
-            elif is_txn:
-                ctx = contextvars.copy_context()
-                fut = pool.submit(ctx.run, run_transaction, run.store if run else _store(), spec,
-                                  (items[i],), {}, run.id if run else None,
-                                  first + i if run else None)  # fmt: skip
-            else:
-                ctx = contextvars.copy_context()
-                fut = pool.submit(ctx.run, attempt, spec, (items[i],), {})
-            futures[fut] = i
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            try:
-                out = fut.result()
-            except NOT_RECORDED:
-                raise
-            except Exception as exc:  # a worker process died, for instance
-                out = (False, exc, 1)
-            if use_processes:
-                import pickle
+    try:
+        _drive(pool, spec, items, pending, first, run, use_processes, is_txn, payloads, started,
+               results, failures)  # fmt: skip
+    except BaseException:
+        # An interrupt (or a crash stand-in) must not wait for every running item.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
-                out = pickle.loads(out)
-            if is_txn:
-                ok, value, winner = out
-                attempts = 1
-                if winner is not None:
-                    _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
-                    continue
-                if ok:
-                    results[i] = value
-                    continue
-            else:
-                ok, value, attempts = out
-            if run is None:
-                if ok:
-                    results[i] = value
-                else:
-                    failures[i] = value
-                continue
-            rec = _record(run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
-                          attempts, started[i], time.time())  # fmt: skip
-            winner = run.lease.record_step(rec)
-            if winner is not rec or (ok and rec.status != "succeeded"):
+
+def _drive(
+    pool: cf.Executor, spec: Step, items: list[Any], pending: list[int], first: int, run: Any,
+    use_processes: bool, is_txn: bool, payloads: dict[int, bytes], started: dict[int, float],
+    results: list[Any], failures: dict[int, BaseException],
+) -> None:  # fmt: skip
+    futures: dict[cf.Future[Any], int] = {}
+    for i in pending:
+        started[i] = time.time()
+        if use_processes:
+            fut = pool.submit(_in_process, payloads[i])
+        elif is_txn:
+            ctx = contextvars.copy_context()
+            fut = pool.submit(ctx.run, run_transaction, run.store if run else _store(), spec,
+                              (items[i],), {}, run.id if run else None,
+                              first + i if run else None)  # fmt: skip
+        else:
+            ctx = contextvars.copy_context()
+            fut = pool.submit(ctx.run, attempt, spec, (items[i],), {})
+        futures[fut] = i
+    for fut in cf.as_completed(futures):
+        i = futures[fut]
+        try:
+            out = fut.result()
+        except NOT_RECORDED:
+            raise
+        except Exception as exc:  # a worker process died, for instance
+            out = (False, exc, 1)
+        if use_processes:
+            import pickle
+
+            out = pickle.loads(out)
+        if is_txn:
+            ok, value, winner = out
+            attempts = 1
+            if winner is not None:
                 _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
-            elif ok:
+                continue
+            if ok:
+                results[i] = value
+                continue
+        else:
+            ok, value, attempts = out
+        if run is None:
+            if ok:
                 results[i] = value
             else:
                 failures[i] = value
+            continue
+        rec = _record(run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
+                      attempts, started[i], time.time())  # fmt: skip
+        winner = run.lease.record_step(rec)
+        if winner is not rec or (ok and rec.status != "succeeded"):
+            _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
+        elif ok:
+            results[i] = value
+        else:
+            failures[i] = value
 
 
 def _store_result(

@@ -145,6 +145,8 @@ class Store:
     def close(self) -> None:
         """Write pending workflow ends, then close every connection."""
         self.flush()
+        if self._finisher is not None:
+            self._finish_queue.put(None)
         self.pool.close()
 
     # -- workflow ends, written behind ----------------------------------------------------
@@ -212,7 +214,14 @@ class Store:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreUnavailableError(
+                f"no free connection to the durablenb store at {self.masked_dsn!r} within "
+                f"{self.connect_timeout:g}s: all {self.pool.max_size} are in use (many workflows "
+                "running at once in this process?) or the database stopped answering",
+                dsn=self.masked_dsn,
+            ) from exc
+        except psycopg.OperationalError as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled):
                 raise
             raise self._unavailable(exc) from exc
