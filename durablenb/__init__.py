@@ -55,6 +55,21 @@ from .history import steps, workflows
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext durablenb``: the magics, a connection, and a list of unfinished workflows."""
+    from .ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext durablenb``."""
+    from .ipython import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "workflow", "step", "transaction", "workflow_id", "connection", "connect", "start",
     "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "resume", "cancel",

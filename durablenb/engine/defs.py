@@ -107,6 +107,7 @@ class Step(_Durable):
         return min(self.interval * self.backoff ** (attempt - 1), self.max_interval)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         from .replay import call_step
 
         return call_step(self, args, kwargs)
@@ -118,6 +119,7 @@ class Transaction(Step):
     kind = "transaction"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         from .replay import call_transaction
 
         return call_transaction(self, args, kwargs)
@@ -156,6 +158,7 @@ class Workflow(_Durable):
         register(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         from .replay import call_workflow
 
         return call_workflow(self, args, kwargs)

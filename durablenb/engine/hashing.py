@@ -60,19 +60,42 @@ def _code_fingerprint(code: Any, out: list[bytes]) -> None:
             out.append(repr(const).encode())
 
 
-def _source_text(fn: Callable[..., Any]) -> str | None:
+#: Callables that find a function's source when `inspect.getsource` cannot (for example
+#: the notebook's input history); each returns the source text or None.
+source_finders: list[Callable[[Callable[..., Any]], str | None]] = []
+
+
+def _find_source(fn: Callable[..., Any]) -> str | None:
     try:
-        src = inspect.getsource(fn)
+        return inspect.getsource(fn)
     except (OSError, TypeError):
+        pass
+    for finder in source_finders:
+        try:
+            src = finder(fn)
+        except Exception:
+            src = None
+        if src:
+            return src
+    return None
+
+
+def _source_text(fn: Callable[..., Any]) -> str | None:
+    src = _find_source(fn)
+    if src is None:
         return None
     try:
         tree = ast.parse(textwrap.dedent(src))
     except SyntaxError:
         return None
-    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+    name = getattr(fn, "__name__", None)
+    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not funcs:
         return None
-    node = _StripDocAndDecorators().visit(tree.body[0])
-    return ast.dump(node)
+    node = funcs[0] if len(tree.body) == 1 else next((n for n in funcs if n.name == name), None)
+    if node is None:
+        return None
+    return ast.dump(_StripDocAndDecorators().visit(node))
 
 
 def code_hash(fn: Callable[..., Any], source: str | None = None) -> str:

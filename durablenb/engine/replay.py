@@ -9,6 +9,7 @@ record runs for real and is recorded before the workflow moves on.
 from __future__ import annotations
 
 import contextvars
+import linecache
 import logging
 import threading
 import time
@@ -150,12 +151,30 @@ def _what(run_id: str, rec: StepRecord) -> str:
 
 def replay(run_id: str, rec: StepRecord) -> Any:
     """The recorded output of *rec*, or its recorded exception raised."""
+    __tracebackhide__ = True
     if rec.status == "succeeded":
         try:
             return codecs.decode(rec.codec or "", rec.output, rec.checksum, what=_what(run_id, rec))
         except CorruptRecordError as exc:
             raise CorruptRecordError(str(exc)) from None
-    raise codecs.decode_exception(rec.error, rec.error_type, rec.error_message, rec.error_traceback)
+    exc = codecs.decode_exception(rec.error, rec.error_type, rec.error_message, rec.error_traceback)
+    _note(exc, f"durablenb: re-raised from the record of step {rec.name!r} (position "
+               f"{rec.position}) of workflow {run_id!r}; the step did not run again")  # fmt: skip
+    raise_recorded(exc, f"recorded error of step {rec.name!r}")
+
+
+def raise_recorded(exc: BaseException, label: str) -> None:
+    """Raise *exc* from a frame named *label*, so tracebacks end at a label, not engine code."""
+    __tracebackhide__ = True
+    source = "raise recorded_error  # replayed from its record: nothing ran again\n"
+    filename = f"<durablenb: {label}>"
+    linecache.cache[filename] = (len(source), None, [source], filename)
+    exec(compile(source, filename, "exec"), {"recorded_error": exc.with_traceback(None)})
+
+
+def _note(exc: BaseException, text: str) -> None:
+    if hasattr(exc, "add_note") and text not in getattr(exc, "__notes__", ()):
+        exc.add_note(text)
 
 
 def _record(
@@ -201,6 +220,7 @@ def _check_cancelled(run: WorkflowRun) -> None:
 
 def attempt(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any, int]:
     """Run *spec* with retries: ``(ok, value or exception, attempts)``."""
+    __tracebackhide__ = True
     attempts = 0
     token = _in_step.set(True)
     try:
@@ -222,6 +242,7 @@ def attempt(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
 
 def call_step(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run or replay one step of the current workflow (a plain call outside workflows)."""
+    __tracebackhide__ = True
     run = current()
     if run is None:
         return spec.fn(*args, **kwargs)
@@ -297,6 +318,7 @@ def run_transaction(
 
 def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run or replay a transaction of the current workflow; exactly once."""
+    __tracebackhide__ = True
     run = current()
     if _txn_conn.get() is not None:  # nested in another transaction: share it
         return spec.fn(*args, **kwargs)
@@ -326,6 +348,7 @@ def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str,
 
 def record_value(kind: str, name: str, compute: Callable[[], Any]) -> Any:
     """Record *compute()* as a step of the current workflow, replaying it when recorded."""
+    __tracebackhide__ = True
     run = current()
     if run is None:
         return compute()
@@ -360,6 +383,7 @@ def encode_inputs(
 
 def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run a workflow durably: start it, resume it, or return its recorded result."""
+    __tracebackhide__ = True
     if _in_step.get():
         return spec.fn(*args, **kwargs)
     parent = _current.get()
@@ -397,12 +421,16 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 def recorded_outcome(row: Any) -> Any:
     """The recorded result of a finished workflow row, or its recorded exception raised."""
+    __tracebackhide__ = True
     if row.status == "succeeded":
         return codecs.decode(row.output_codec or "", row.output, row.output_checksum,
                              what=f"output of workflow {row.id!r}")  # fmt: skip
     if row.status == "cancelled":
         raise WorkflowCancelledError(row.id)
-    raise codecs.decode_exception(row.error, row.error_type, row.error_message, row.error_traceback)
+    exc = codecs.decode_exception(row.error, row.error_type, row.error_message, row.error_traceback)
+    _note(exc, f"durablenb: re-raised from the record of workflow {row.id!r}, which finished "
+               "with this error; nothing ran again")  # fmt: skip
+    raise_recorded(exc, f"recorded error of workflow {row.name!r}")
 
 
 def execute(
@@ -411,6 +439,7 @@ def execute(
     parent_position: int | None = None,
 ) -> Any:  # fmt: skip
     """Own *wid*, then run or resume it; returns its output."""
+    __tracebackhide__ = True
     new = NewWorkflow(wid, spec.name, digest, inputs.data, inputs.codec, inputs.checksum,
                       spec.code_hash, runtime.executor_id(), parent_id, parent_position)  # fmt: skip
     lease = store.lease(wid)
@@ -476,6 +505,7 @@ def _edited_steps(records: dict[int, StepRecord]) -> list[str]:
 
 
 def _run_body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    __tracebackhide__ = True
     tok_run, tok_id = _current.set(run), _explicit_id.set(None)
     try:
         try:

@@ -21,6 +21,7 @@ _lock = threading.RLock()
 _store: Store | None = None
 _registry: dict[str, Workflow] = {}
 _steps: dict[str, Any] = {}
+_embedded: Any = None
 
 
 def executor_id() -> str:
@@ -35,11 +36,15 @@ def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
     embedded server under ``$DURABLENB_HOME``. *schema*: default ``$DURABLENB_SCHEMA`` or
     ``durablenb``.
     """
-    global _store
+    global _store, _embedded
     with _lock:
-        target = dsn or server.dsn_from_env() or server.start()
+        target = dsn or server.dsn_from_env()
+        embedded = None
+        if not target:
+            embedded = server.home()
+            target = server.start(embedded)
         new = Store(target, schema=schema or os.environ.get("DURABLENB_SCHEMA") or "durablenb")
-        old, _store = _store, new
+        old, _store, _embedded = _store, new, embedded
     if old is not None:
         old.close()
     logger.info("durablenb connected to %s", new.masked_dsn)
@@ -89,3 +94,8 @@ def register_step(step: Any) -> None:
 
 def registered_step(name: str) -> Any:
     return _steps.get(name) or _registry.get(name)
+
+
+def embedded_home() -> Any:
+    """The DURABLENB_HOME of the embedded server in use, or None when using a server URL."""
+    return _embedded

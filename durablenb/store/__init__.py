@@ -487,6 +487,36 @@ class Store:
             ).fetchall()
             return sum(self._forget_txn(conn, wid) for (wid,) in ids)
 
+    def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
+        """Overwrite the code hash recorded for steps at *positions*; returns how many."""
+        self.flush()
+        with self.connection() as conn:
+            cur = conn.execute(
+                f"UPDATE {self.qschema}.steps SET code_hash = %s "
+                "WHERE workflow_id = %s AND position = ANY(%s)",
+                [code_hash, workflow_id, list(positions)],
+            )
+            return cur.rowcount
+
+    def status_counts(self) -> dict[str, int]:
+        """How many workflows are recorded in each status."""
+        self.flush()
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT status, count(*) FROM {self.qschema}.workflows GROUP BY status"
+            ).fetchall()
+        return {k: int(v) for k, v in rows}
+
+    def recent_ids(self, prefix: str = "", limit: int = 200) -> list[str]:
+        """Ids of the most recently updated workflows starting with *prefix*."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT id FROM {self.qschema}.workflows WHERE left(id, %s) = %s "
+                "ORDER BY updated_at DESC LIMIT %s",
+                [len(prefix), prefix, limit],
+            ).fetchall()
+        return [r[0] for r in rows]
+
     # -- queries for history ---------------------------------------------------------------
     def query_workflows(
         self,

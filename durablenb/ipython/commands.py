@@ -1,0 +1,233 @@
+"""The ``%durable`` subcommands, one small function each."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from typing import Any
+
+import pandas as pd
+from IPython.core.error import UsageError
+
+from .. import __version__, api, history, server
+from ..engine import runtime
+from ..errors import WorkflowNotFoundError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise UsageError(f"cannot read the duration {text!r}: use for example 90s, 30m, 12h, 7d, 2w")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _one_id(args: list[str], verb: str) -> str:
+    if len(args) != 1:
+        raise UsageError(f"%durable {verb} takes one workflow id")
+    return args[0]
+
+
+def _row(wid: str) -> Any:
+    row = runtime.store().get_workflow(wid)
+    if row is None:
+        raise UsageError(f"no workflow {wid!r} is recorded (see %durable list)")
+    return row
+
+
+def cmd_list(opts: Any, args: list[str]) -> pd.DataFrame:
+    status = opts.status.split(",") if opts.status else None
+    df = history.workflows(status=status, name=args[0] if args else None, limit=opts.limit)
+    cols = ["workflow_id", "name", "status", "steps", "created_at", "duration", "error_type"]
+    return df[cols]
+
+
+def cmd_steps(opts: Any, args: list[str]) -> pd.DataFrame:
+    wid = _one_id(args, "steps")
+    _row(wid)
+    return history.steps(wid)
+
+
+def cmd_timeline(opts: Any, args: list[str]) -> Any:
+    from IPython.display import HTML
+
+    from .. import widgets
+
+    wid = _one_id(args, "timeline")
+    _row(wid)
+    return HTML(widgets.timeline_html(wid))
+
+
+def cmd_resume(opts: Any, args: list[str]) -> Any:
+    wid = _one_id(args, "resume")
+    return api.resume(wid).result()
+
+
+def cmd_cancel(opts: Any, args: list[str]) -> None:
+    wid = _one_id(args, "cancel")
+    _row(wid)
+    if api.cancel(wid):
+        print(f"cancelled {wid}; it stops before its next step")
+    else:
+        print(f"{wid} is not running; nothing to cancel")
+
+
+def cmd_fork(opts: Any, args: list[str]) -> Any:
+    wid = _one_id(args, "fork")
+    if opts.from_step is None:
+        raise UsageError("%durable fork ID --from-step N")
+    h = api.fork(wid, from_step=opts.from_step)
+    print(f"forked {wid} from step {opts.from_step} as {h.workflow_id}")
+    return h.result()
+
+
+def cmd_forget(opts: Any, args: list[str]) -> None:
+    wid = _one_id(args, "forget")
+    try:
+        n = api.forget(wid)
+    except WorkflowNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"forgot {wid} ({n} workflow record{'s' if n != 1 else ''} removed)")
+
+
+def cmd_recover(opts: Any, args: list[str]) -> list[Any]:
+    handles = api.recover()
+    if not handles:
+        print("no interrupted workflow defined in this kernel to recover")
+        return []
+    print("resuming: " + ", ".join(h.workflow_id for h in handles))
+    results = []
+    for h in handles:
+        try:
+            results.append(h.result())
+            print(f"  {h.workflow_id}: finished")
+        except Exception as exc:
+            print(f"  {h.workflow_id}: {type(exc).__name__}: {exc}")
+    return results
+
+
+def cmd_connect(opts: Any, args: list[str]) -> None:
+    dsn = args[0] if args else None
+    store = api.connect(dsn)
+    print(f"durablenb connected to {store.masked_dsn} (schema {store.schema})")
+
+
+def cmd_info(opts: Any, args: list[str]) -> None:
+    store = runtime.store()
+    counts = store.status_counts()
+    print(f"durablenb {__version__}")
+    print(f"store:    {store.masked_dsn}")
+    print(f"schema:   {store.schema} (version {store.schema_version})")
+    print(f"server:   PostgreSQL {store.server_version // 10000}.{store.server_version % 10000}")
+    if runtime.embedded_home() is not None:
+        print(f"embedded: data in {server.data_dir(runtime.embedded_home())}")
+    print("records:  " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+
+
+def cmd_gc(opts: Any, args: list[str]) -> None:
+    if not opts.older_than:
+        raise UsageError("%durable gc --older-than 7d")
+    seconds = parse_duration(opts.older_than)
+    n = api.gc(seconds)
+    print(f"removed {n} workflow records finished more than {_dt.timedelta(seconds=seconds)} ago")
+
+
+def _positions(wid: str, step: str) -> list[int]:
+    steps = history.steps(wid)
+    if step.isdigit():
+        pos = [int(step)] if int(step) in set(steps["position"]) else []
+    else:
+        pos = [int(p) for p in steps.loc[steps["name"] == step, "position"]]
+    if not pos:
+        raise UsageError(f"workflow {wid!r} has no recorded step {step!r} (see %durable steps)")
+    return pos
+
+
+def diff_frame(wid: str) -> pd.DataFrame:
+    """What a rerun of *wid* would do with each recorded step, given this kernel's code."""
+    row = _row(wid)
+    steps = history.steps(wid)
+    wf = runtime.registered(row.name)
+    body_changed = wf is not None and row.code_hash and wf.code_hash != row.code_hash
+    verdicts, reasons = [], []
+    invalid_from = None
+    for _, s in steps.iterrows():
+        current = runtime.registered_step(s["name"])
+        recorded = s["code_hash"] if isinstance(s["code_hash"], str) else None
+        if invalid_from is not None:
+            verdicts.append("re-run")
+            reasons.append(f"after the change at position {invalid_from}")
+            continue
+        if recorded == "refresh":
+            invalid_from = s["position"]
+            verdicts.append("re-run")
+            reasons.append("marked with %durable refresh")
+        elif current is None or recorded is None:
+            verdicts.append("reuse")
+            reasons.append("not defined in this kernel" if current is None and recorded else "recorded value")
+        elif current.code_hash != recorded:
+            invalid_from = s["position"]
+            verdicts.append("re-run")
+            reasons.append("its code changed")
+        else:
+            verdicts.append("reuse")
+            reasons.append("unchanged")
+    out = pd.DataFrame({"position": steps["position"], "name": steps["name"],
+                        "status": steps["status"], "on rerun": verdicts, "why": reasons})  # fmt: skip
+    out.attrs["body_changed"] = bool(body_changed)
+    return out
+
+
+def cmd_diff(opts: Any, args: list[str]) -> pd.DataFrame:
+    wid = _one_id(args, "diff")
+    out = diff_frame(wid)
+    if out.attrs.get("body_changed"):
+        print("the workflow body changed: recorded steps replay while the new body calls the same "
+              "steps in the same order; from the first different call on, steps run anew")  # fmt: skip
+    n = int((out["on rerun"] == "re-run").sum())
+    print(f"{wid}: {len(out) - n} recorded steps would be reused, {n} would run again")
+    return out
+
+
+def cmd_keep(opts: Any, args: list[str]) -> None:
+    if len(args) != 2:
+        raise UsageError("%durable keep ID STEP (STEP: a position or a step name)")
+    wid, step = args
+    positions = _positions(wid, step)
+    name = history.steps(wid).set_index("position").loc[positions[0], "name"]
+    current = runtime.registered_step(name)
+    if current is None:
+        raise UsageError(f"step {name!r} is not defined in this kernel; run its cell first")
+    runtime.store().set_step_code_hash(wid, positions, current.code_hash)
+    print(f"kept the record of {name!r} at position(s) {positions}: the current code counts as "
+          "unchanged")  # fmt: skip
+
+
+def cmd_refresh(opts: Any, args: list[str]) -> None:
+    if len(args) != 2:
+        raise UsageError("%durable refresh ID STEP (STEP: a position or a step name)")
+    wid, step = args
+    positions = _positions(wid, step)
+    runtime.store().set_step_code_hash(wid, positions[:1], "refresh")
+    print(f"the next run of {wid} re-runs from position {positions[0]} on")
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "steps": cmd_steps,
+    "timeline": cmd_timeline,
+    "resume": cmd_resume,
+    "cancel": cmd_cancel,
+    "fork": cmd_fork,
+    "forget": cmd_forget,
+    "recover": cmd_recover,
+    "connect": cmd_connect,
+    "info": cmd_info,
+    "gc": cmd_gc,
+    "diff": cmd_diff,
+    "keep": cmd_keep,
+    "refresh": cmd_refresh,
+}
