@@ -38,6 +38,7 @@ test-server: $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)
 	$(PY) bench/step_overhead.py
+	$(PY) bench/load_ext.py
 
 clean:
 	rm -rf $(VENV) .durablenb-demo build *.egg-info

@@ -137,15 +137,17 @@ def test_diff_keep_and_refresh(shell, capsys):
     assert shell.ns["calls"] == ["total"]
 
 
-def test_edited_step_reruns_from_the_edit_and_says_so(shell, caplog):
+def test_edited_step_reruns_from_the_edit_and_says_so(shell, capsys):
     shell.run(DEFS)
     shell.run("analysis(5)")
     shell.run(DEFS.split("@dnb.workflow")[0].replace("int(df.a.sum())", "int(df.a.sum()) + 1"))
     shell.ns["calls"].clear()
-    with caplog.at_level("WARNING", logger="durablenb"):
-        assert shell.run("analysis(5)") == 11
+    capsys.readouterr()
+    assert shell.run("analysis(5)") == 11
     assert shell.ns["calls"] == ["total"]
-    assert "code of 'total' changed" in caplog.text
+    err = capsys.readouterr().err
+    assert "durablenb: workflow" in err and "the code of 'total' changed" in err
+    assert "re-running from position 1" in err
 
 
 def test_durable_cell_records_and_restores_names(shell, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -128,8 +129,23 @@ def _startup_report() -> str:
     return "\n".join(lines)
 
 
+class _NotebookNotes(logging.Handler):
+    """Shows durablenb's warnings (a forked run, a lost record) under the running cell."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"durablenb: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # pragma: no cover - never let a note break a cell
+            pass
+
+
+_notes = _NotebookNotes(level=logging.WARNING)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics, connect (embedded server by default) and report unfinished work."""
+    if _notes not in logger.handlers:
+        logger.addHandler(_notes)
     ipython.register_magics(DurableMagics)
     ipython.set_hook("complete_command", _complete, str_key="%durable")
     ipython.set_hook("complete_command", _complete, str_key="%%durable")
@@ -145,4 +161,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     """Forget the source finder; the magics stay until the kernel restarts."""
     if _source_from_history in hashing.source_finders:
         hashing.source_finders.remove(_source_from_history)
+    if _notes in logger.handlers:
+        logger.removeHandler(_notes)
 
