@@ -35,8 +35,8 @@ def test_unreachable_database_is_a_clear_error_with_the_password_masked():
 
 
 def test_migrations_create_the_schema_once(schema, sql, dsn):
-    versions = sql.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
-    assert versions == [(latest_version(),)]
+    versions = sql.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY 1').fetchall()
+    assert versions == [(v,) for v in range(1, latest_version() + 1)]
     again = Store(dsn, schema=schema)  # a second connect migrates nothing
     again.close()
     tables = {r[0] for r in sql.execute(
@@ -118,3 +118,25 @@ def test_exhausted_pool_is_a_clear_error(schema, dsn):
         store.lease("b").close()  # the connection came back
     finally:
         store.close()
+
+
+def test_an_older_schema_is_migrated_in_place(dsn, sql):
+    """A database at version 1 (with records) is brought to the latest version, data kept."""
+    from durablenb.store._migrate import migrations
+
+    name = "t_old_" + __import__("uuid").uuid4().hex[:8]
+    try:
+        sql.execute(f'CREATE SCHEMA "{name}"')
+        sql.execute(f'CREATE TABLE "{name}".schema_version (version integer PRIMARY KEY, '
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+        number, fname, text = migrations()[0]
+        sql.execute(text.replace("{schema}", f'"{name}"'))
+        sql.execute(f'INSERT INTO "{name}".schema_version VALUES (%s, %s)', [number, fname])
+        sql.execute(f"INSERT INTO \"{name}\".workflows (id, name, status) VALUES ('w', 'n', 'succeeded')")
+        store = Store(dsn, schema=name)
+        store.close()
+        assert store.schema_version == latest_version()
+        row = sql.execute(f'SELECT run_started_at = created_at FROM "{name}".workflows').fetchone()
+        assert row == (True,)
+    finally:
+        sql.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

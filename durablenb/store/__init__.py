@@ -53,10 +53,10 @@ class _Queries:
             "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
             f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
             "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
-            "forked_from) "
+            "forked_from, run_started_at) "
             "SELECT %(id)s, %(name)s, 'running', %(args_digest)s, %(inputs)b, %(inputs_codec)s, "
             "%(inputs_checksum)s, %(code_hash)s, %(executor)s, %(parent_id)s, "
-            "%(parent_position)s, %(forked_from)s FROM lk WHERE lk.got "
+            "%(parent_position)s, %(forked_from)s, to_timestamp(%(started)s) FROM lk WHERE lk.got "
             "ON CONFLICT (id) DO NOTHING RETURNING 1) "
             "SELECT lk.got, EXISTS (SELECT 1 FROM ins), (SELECT v FROM cfg) FROM lk"
         )
@@ -454,7 +454,8 @@ class Store:
             conn.execute(
                 f"UPDATE {s}.workflows SET status = 'running', error = NULL, error_type = NULL, "
                 "error_message = NULL, error_traceback = NULL, finished_at = NULL, "
-                "updated_at = clock_timestamp() WHERE id = %s AND status IN ('cancelled', 'failed')",
+                "updated_at = clock_timestamp() "
+                "WHERE id = %s AND status IN ('cancelled', 'failed')",
                 [workflow_id],
             )
             conn.execute(
@@ -566,9 +567,14 @@ class Store:
         """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
         self.flush()
         q = (
-            "SELECT workflow_id, position, name, kind, status, started_at, finished_at, attempts, "
-            "output_bytes, codec, error_type, error_message, child_id, code_hash "
-            f"FROM {self.qschema}.steps WHERE workflow_id = %s ORDER BY position"
+            "SELECT s.workflow_id, s.position, s.name, s.kind, "
+            "CASE WHEN s.status = 'failed' THEN 'failed' "
+            "WHEN s.finished_at < w.run_started_at THEN 'replayed' "
+            "WHEN s.attempts > 1 THEN 'retried' ELSE 'succeeded' END, "
+            "s.started_at, s.finished_at, s.attempts, s.output_bytes, s.codec, s.error_type, "
+            "s.error_message, s.child_id, s.code_hash "
+            f"FROM {self.qschema}.steps s JOIN {self.qschema}.workflows w ON w.id = s.workflow_id "
+            "WHERE s.workflow_id = %s ORDER BY s.position"
         )
         cols = [
             "workflow_id", "position", "name", "kind", "status", "started_at", "finished_at",

@@ -49,6 +49,7 @@ class Lease:
             "parent_position": new.parent_position,
             "forked_from": new.forked_from,
             "commit_mode": self.store.status_commit_mode,
+            "started": time.time(),
         }
         deadline = None if wait is None else time.monotonic() + wait
         delay = 0.02
@@ -104,8 +105,8 @@ class Lease:
         with self.store._guard():
             self._c.execute(
                 f"UPDATE {self.q.s}.workflows SET runs = runs + 1, executor = %s, "
-                "updated_at = clock_timestamp() WHERE id = %s",
-                [executor, self.workflow_id],
+                "updated_at = clock_timestamp(), run_started_at = to_timestamp(%s) WHERE id = %s",
+                [executor, time.time(), self.workflow_id],
             )
 
     def restart(self, executor: str, code_hash: str | None, forked_from: str | None) -> None:
@@ -116,8 +117,8 @@ class Lease:
                 "forked_from = coalesce(%s, forked_from), output = NULL, output_codec = NULL, "
                 "output_checksum = NULL, error = NULL, error_type = NULL, error_message = NULL, "
                 "error_traceback = NULL, finished_at = NULL, runs = runs + 1, executor = %s, "
-                "updated_at = clock_timestamp() WHERE id = %s",
-                [code_hash, forked_from, executor, self.workflow_id],
+                "updated_at = clock_timestamp(), run_started_at = to_timestamp(%s) WHERE id = %s",
+                [code_hash, forked_from, executor, time.time(), self.workflow_id],
             )
 
     def archive(self) -> str:

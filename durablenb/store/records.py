@@ -16,7 +16,7 @@ WORKFLOW_COLUMNS = (
     "id, name, status, args_digest, inputs, inputs_codec, inputs_checksum, output, "
     "output_codec, output_checksum, error, error_type, error_message, error_traceback, "
     "code_hash, executor, parent_id, parent_position, forked_from, runs, created_at, "
-    "updated_at, finished_at"
+    "updated_at, finished_at, run_started_at"
 )
 
 
@@ -75,6 +75,7 @@ class WorkflowRow:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    run_started_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> WorkflowRow:
