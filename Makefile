@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SERVER_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-embedded test-server lint bench clean venv
+.PHONY: demo test test-embedded test-server lint bench clean venv browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check durablenb tests bench
 
+# Debian's Chromium drives JupyterLab in the browser test (never a downloaded browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null); \
+	  else echo "install Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; \
+	fi
+
 # Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN).
-test: lint test-embedded test-server
+test: lint browser test-embedded test-server
 
 test-embedded: $(VENV)/.installed
 	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -52,6 +52,7 @@ from .errors import (
     WorkflowNotRegisteredError,
 )
 from .history import steps, workflows
+from .widgets import timeline
 
 __version__ = "0.1.0"
 
@@ -72,7 +73,8 @@ def unload_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "workflow", "step", "transaction", "workflow_id", "connection", "connect", "start",
-    "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "resume", "cancel",
+    "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "timeline", "resume",
+    "cancel",
     "fork", "forget", "recover", "gc", "Step", "Transaction", "Workflow", "WorkflowHandle",
     "DurableError", "StoreUnavailableError", "SchemaVersionError", "CorruptRecordError",
     "NonDeterministicWorkflowError", "CodeChangedError", "WorkflowBusyError",
@@ -80,3 +82,15 @@ __all__ = [
     "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
     "UnserializableOutputError", "RecordedError",
 ]  # fmt: skip
+
+
+def _enable_timelines_in_kernels() -> None:
+    import sys
+
+    if "ipykernel" in sys.modules:
+        from .widgets import live
+
+        live.enable()
+
+
+_enable_timelines_in_kernels()

@@ -13,7 +13,7 @@ from ..errors import (
     WorkflowBusyError,
     WorkflowNotFoundError,
 )
-from . import runtime
+from . import events, runtime
 from .defs import Workflow
 from .replay import (
     _explicit_id,
@@ -122,6 +122,8 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
     if parent is None:
         store = runtime.store()
         wid = explicit or wf.id_for(*args, **kwargs)
+        if events.listeners:
+            events.emit("workflow_submitted", wid, wf.name)
         fut = submit(execute, store, wf, wid, args, kwargs, digest, inputs)
         return WorkflowHandle(wid, fut)
     pos = parent.take()

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import UnserializableArgumentsError
+from ..store import StepRecord
+from . import events
 from .defs import Step, Transaction
 from .replay import (
     NOT_RECORDED,
@@ -19,6 +21,12 @@ from .replay import (
     lookup,
     replay,
     run_transaction,
+)
+from .replay import (
+    finished as mark_finished,
+)
+from .replay import (
+    started as mark_started,
 )
 
 
@@ -86,6 +94,7 @@ def map(
         if rec is None:
             pending.append(i)
             continue
+        mark_finished(run, rec, True)
         try:
             results[i] = replay(run.id, rec)
         except Exception as exc:
@@ -135,6 +144,8 @@ def _drive(
     futures: dict[cf.Future[Any], int] = {}
     for i in pending:
         started[i] = time.time()
+        if run is not None:
+            mark_started(run, first + i, spec.name, spec.kind, started[i])
         if use_processes:
             fut = pool.submit(_in_process, payloads[i])
         elif is_txn:
@@ -146,8 +157,12 @@ def _drive(
             ctx = contextvars.copy_context()
             fut = pool.submit(ctx.run, attempt, spec, (items[i],), {})
         futures[fut] = i
+    done = len(items) - len(pending)
     for fut in cf.as_completed(futures):
         i = futures[fut]
+        done += 1
+        if run is not None and events.listeners:
+            events.emit("map_progress", run, spec.name, done, len(items))
         try:
             out = fut.result()
         except NOT_RECORDED:
@@ -162,9 +177,14 @@ def _drive(
             ok, value, winner = out
             attempts = 1
             if winner is not None:
+                mark_finished(run, winner, True)
                 _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
                 continue
             if ok:
+                if run is not None:
+                    mark_finished(run, StepRecord(run.id, first + i, spec.name, spec.kind,
+                                                  "succeeded", started_at=started[i],
+                                                  finished_at=time.time()), False)  # fmt: skip
                 results[i] = value
                 continue
         else:
@@ -178,6 +198,7 @@ def _drive(
         rec = _record(run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
                       attempts, started[i], time.time())  # fmt: skip
         winner = run.lease.record_step(rec)
+        mark_finished(run, winner, winner is not rec)
         if winner is not rec or (ok and rec.status != "succeeded"):
             _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
         elif ok:

@@ -34,7 +34,7 @@ from ..errors import (
     WorkflowConflictError,
 )
 from ..store import Lease, NewWorkflow, Outcome, StepRecord, Store
-from . import runtime
+from . import events, runtime
 from .defs import Step, Transaction, Workflow
 from .hashing import args_digest, default_workflow_id
 
@@ -69,6 +69,9 @@ class WorkflowRun:
     position: int = 0
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Steps executing now: position -> (name, kind, started at).
+    running: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    parent_id: str | None = None
 
     def take(self, n: int = 1) -> int:
         """Reserve *n* consecutive positions; returns the first."""
@@ -210,6 +213,20 @@ def _record(
     return rec
 
 
+def started(run: WorkflowRun, pos: int, name: str, kind: str, t0: float) -> None:
+    """Note that the step at *pos* is executing now."""
+    run.running[pos] = (name, kind, t0)
+    if events.listeners:
+        events.emit("step_started", run, pos, name, kind)
+
+
+def finished(run: WorkflowRun, rec: StepRecord, replayed: bool) -> None:
+    """Note that the step of *rec* is done (recorded now, or replayed)."""
+    run.running.pop(rec.position, None)
+    if events.listeners:
+        events.emit("step_finished", run, rec, replayed)
+
+
 def _check_cancelled(run: WorkflowRun) -> None:
     if run.store.is_cancelled(run.id):
         raise WorkflowCancelledError(run.id)
@@ -250,12 +267,20 @@ def call_step(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     pos = run.take()
     rec = lookup(run, pos, spec.name, spec.kind, code)
     if rec is not None:
+        if events.listeners:
+            events.emit("step_finished", run, rec, True)
         return replay(run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
-    ok, value, attempts = attempt(spec, args, kwargs)
-    rec = _record(run.id, pos, spec.name, spec.kind, code, ok, value, attempts, t0, time.time())
-    winner = run.lease.record_step(rec)
+    started(run, pos, spec.name, spec.kind, t0)
+    try:
+        ok, value, attempts = attempt(spec, args, kwargs)
+        rec = _record(run.id, pos, spec.name, spec.kind, code, ok, value, attempts, t0, time.time())
+        winner = run.lease.record_step(rec)
+    finally:
+        run.running.pop(pos, None)
+    if events.listeners:
+        events.emit("step_finished", run, winner, winner is not rec)
     if winner is not rec:
         return replay(run.id, winner)
     if rec.status == "succeeded":
@@ -330,17 +355,28 @@ def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str,
     pos = run.take()
     rec = lookup(run, pos, spec.name, spec.kind, spec.code_hash)
     if rec is not None:
+        finished(run, rec, True)
         return replay(run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
-    ok, value, winner = run_transaction(run.store, spec, args, kwargs, run.id, pos)
+    started(run, pos, spec.name, spec.kind, t0)
+    try:
+        ok, value, winner = run_transaction(run.store, spec, args, kwargs, run.id, pos)
+    finally:
+        run.running.pop(pos, None)
     if winner is not None:
+        finished(run, winner, True)
         return replay(run.id, winner)
     if ok:
+        if events.listeners:
+            done = StepRecord(run.id, pos, spec.name, spec.kind, "succeeded", started_at=t0,
+                              finished_at=time.time())  # fmt: skip
+            finished(run, done, False)
         return value
     # The body's writes rolled back; record the failure outside the transaction.
     rec = _record(run.id, pos, spec.name, spec.kind, spec.code_hash, False, value, 1, t0, time.time())
     winner = run.lease.record_step(rec)
+    finished(run, winner, winner is not rec)
     if winner is not rec:
         return replay(run.id, winner)
     raise value
@@ -355,12 +391,14 @@ def record_value(kind: str, name: str, compute: Callable[[], Any]) -> Any:
     pos = run.take()
     rec = lookup(run, pos, name, kind, None)
     if rec is not None:
+        finished(run, rec, True)
         return replay(run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
     value = compute()
     rec = _record(run.id, pos, name, kind, None, True, value, 1, t0, time.time())
     winner = run.lease.record_step(rec)
+    finished(run, winner, winner is not rec)
     return replay(run.id, winner) if winner is not rec else value
 
 
@@ -396,20 +434,24 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
     pos = parent.take()
     rec = lookup(parent, pos, spec.name, "workflow", spec.code_hash)
     if rec is not None:
+        finished(parent, rec, True)
         return replay(parent.id, rec)
     _check_cancelled(parent)
     wid = explicit or f"{parent.id}/{pos}"
     t0 = time.time()
+    started(parent, pos, spec.name, "workflow", t0)
     try:
         value = execute(store, spec, wid, args, kwargs, digest, inputs, parent.id, pos)
         ok = True
     except NOT_RECORDED:
+        parent.running.pop(pos, None)
         raise
     except Exception as exc:
         value, ok = exc, False
     rec = _record(parent.id, pos, spec.name, "workflow", spec.code_hash, ok, value, 1, t0,
                   time.time(), child_id=wid)  # fmt: skip
     winner = parent.lease.record_step(rec)
+    finished(parent, winner, winner is not rec)
     if winner is not rec:
         return replay(parent.id, winner)
     if ok and rec.status == "succeeded":
@@ -449,7 +491,7 @@ def execute(
         if not locked:
             row = store.get_workflow(wid)
             raise WorkflowBusyError(wid, row.executor if row else None)
-        run = WorkflowRun(wid, spec.name, store, lease, {}, spec.on_change)
+        run = WorkflowRun(wid, spec.name, store, lease, {}, spec.on_change, parent_id=parent_id)
         if not created:
             row, run.records = lease.load()
             if row.name != spec.name:
@@ -507,26 +549,49 @@ def _edited_steps(records: dict[int, StepRecord]) -> list[str]:
 def _run_body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     __tracebackhide__ = True
     tok_run, tok_id = _current.set(run), _explicit_id.set(None)
+    events.active_runs[run.id] = run
+    status, error = "interrupted", None
+    if events.listeners:
+        events.emit("workflow_started", run)
     try:
-        try:
-            value = spec.fn(*args, **kwargs)
-        except NOT_RECORDED:
-            raise
-        except Exception as exc:
-            err = codecs.encode_exception(exc)
-            outcome = Outcome("failed", error=err.data, error_type=err.type_name,
-                              error_message=err.message, error_traceback=err.traceback_text)  # fmt: skip
-            run.lease.finish(outcome)
-            raise
-        rec = _record(run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
-        if rec.status == "succeeded":
-            run.lease.finish(Outcome("succeeded", output=rec.output, codec=rec.codec,
-                                     checksum=rec.checksum))  # fmt: skip
-            return value
-        run.lease.finish(Outcome("failed", error=rec.error, error_type=rec.error_type,
-                                 error_message=rec.error_message,
-                                 error_traceback=rec.error_traceback))  # fmt: skip
-        raise codecs.decode_exception(rec.error, rec.error_type, rec.error_message)
+        value = _body(run, spec, args, kwargs)
+        status = "succeeded"
+        return value
+    except WorkflowCancelledError as exc:
+        status, error = "cancelled", exc
+        raise
+    except NOT_RECORDED as exc:
+        error = exc
+        raise
+    except Exception as exc:
+        status, error = "failed", exc
+        raise
     finally:
         _current.reset(tok_run)
         _explicit_id.reset(tok_id)
+        events.active_runs.pop(run.id, None)
+        if events.listeners:
+            events.emit("workflow_finished", run, status, error)
+
+
+def _body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    __tracebackhide__ = True
+    try:
+        value = spec.fn(*args, **kwargs)
+    except NOT_RECORDED:
+        raise
+    except Exception as exc:
+        err = codecs.encode_exception(exc)
+        outcome = Outcome("failed", error=err.data, error_type=err.type_name,
+                          error_message=err.message, error_traceback=err.traceback_text)  # fmt: skip
+        run.lease.finish(outcome)
+        raise
+    rec = _record(run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
+    if rec.status == "succeeded":
+        run.lease.finish(Outcome("succeeded", output=rec.output, codec=rec.codec,
+                                 checksum=rec.checksum))  # fmt: skip
+        return value
+    run.lease.finish(Outcome("failed", error=rec.error, error_type=rec.error_type,
+                             error_message=rec.error_message,
+                             error_traceback=rec.error_traceback))  # fmt: skip
+    raise codecs.decode_exception(rec.error, rec.error_type, rec.error_message)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import Any
 
 import pandas as pd
 
-from ..engine import runtime
+from ..engine import events, runtime
 
 __all__ = ["workflows", "steps"]
 
@@ -53,20 +54,22 @@ def workflows(
     name: str | None = None,
     since: Any = None,
     limit: int | None = 100,
+    until: Any = None,
 ) -> pd.DataFrame:
     """One row a workflow, newest first.
 
     *status*: one status or a list (``running``, ``interrupted``, ``succeeded``, ``failed``,
-    ``cancelled``, ``superseded``); *name*: the workflow's name; *since*: created at or after
-    this time; *limit*: the most rows (None for all). A running workflow that no live
-    executor holds is shown as ``interrupted``.
+    ``cancelled``, ``superseded``); *name*: the workflow's name; *since* / *until*: created
+    at or after / before these times (datetimes, tz-aware or UTC); *limit*: the most rows
+    (None for all). A running workflow that no live executor holds is shown as
+    ``interrupted``.
     """
     store = runtime.store()
     wanted = None if status is None else ([status] if isinstance(status, str) else list(status))
     db_status = None
     if wanted is not None:
         db_status = sorted({"running" if s == "interrupted" else s for s in wanted})
-    cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit)
+    cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit, until)
     held = store.held_keys() if any(r[2] == "running" for r in rows) else set()
     fixed = []
     for r in rows:
@@ -84,8 +87,32 @@ def workflows(
 
 
 def steps(workflow_id: str) -> pd.DataFrame:
-    """One row a recorded step of *workflow_id*, in position order."""
+    """One row a recorded step of *workflow_id*, in position order.
+
+    *status* is ``succeeded``, ``failed``, ``retried`` (succeeded after more than one
+    attempt), ``replayed`` (recorded before the workflow's latest run began, so that run
+    returned the record) or ``running`` (executing now in this process; no record yet).
+    """
     cols, rows = runtime.store().query_steps(workflow_id)
+    rows = rows + _running_rows(workflow_id, cols, {r[1] for r in rows})
+    rows.sort(key=lambda r: r[1])
     df = _frame(cols, rows, _STEP_DTYPES)
     df.insert(7, "duration", df["finished_at"] - df["started_at"])
     return df.reset_index(drop=True)
+
+
+def _running_rows(workflow_id: str, cols: list[str], recorded: set[int]) -> list[tuple[Any, ...]]:
+    """Rows for the steps of *workflow_id* executing in this process right now."""
+    run = events.active_runs.get(workflow_id)
+    if run is None:
+        return []
+    out = []
+    for pos, (name, kind, t0) in list(run.running.items()):
+        if pos in recorded:
+            continue
+        row = dict.fromkeys(cols)
+        started = _dt.datetime.fromtimestamp(t0, tz=_dt.timezone.utc)
+        row.update(workflow_id=workflow_id, position=pos, name=name, kind=kind, status="running",
+                   started_at=started, attempts=1)  # fmt: skip
+        out.append(tuple(row[c] for c in cols))
+    return out

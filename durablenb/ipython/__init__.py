@@ -146,6 +146,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics, connect (embedded server by default) and report unfinished work."""
     if _notes not in logger.handlers:
         logger.addHandler(_notes)
+    from ..widgets import live
+
+    live.enable()
     ipython.register_magics(DurableMagics)
     ipython.set_hook("complete_command", _complete, str_key="%durable")
     ipython.set_hook("complete_command", _complete, str_key="%%durable")

@@ -52,13 +52,11 @@ def cmd_steps(opts: Any, args: list[str]) -> pd.DataFrame:
 
 
 def cmd_timeline(opts: Any, args: list[str]) -> Any:
-    from IPython.display import HTML
-
     from .. import widgets
 
     wid = _one_id(args, "timeline")
     _row(wid)
-    return HTML(widgets.timeline_html(wid))
+    return widgets.timeline(wid)
 
 
 def cmd_resume(opts: Any, args: list[str]) -> Any:

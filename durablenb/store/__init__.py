@@ -525,6 +525,7 @@ class Store:
         name: str | None = None,
         since: Any = None,
         limit: int | None = 100,
+        until: Any = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Workflow rows with step counts, newest first: ``(columns, rows)``."""
         self.flush()
@@ -540,6 +541,9 @@ class Store:
         if since is not None:
             where.append("w.created_at >= %s")
             params.append(since)
+        if until is not None:
+            where.append("w.created_at < %s")
+            params.append(until)
         sql_where = ("WHERE " + " AND ".join(where)) if where else ""
         sql_limit = ""
         if limit is not None:

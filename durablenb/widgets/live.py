@@ -1,0 +1,92 @@
+"""Timelines that show up by themselves: a widget for every workflow run from a cell."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ..engine import events
+
+__all__ = ["AutoTimelines", "enable", "disable", "widget_for"]
+
+_widgets: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def widget_for(workflow_id: str) -> Any:
+    """The live widget of *workflow_id*, if one is shown."""
+    return _widgets.get(workflow_id)
+
+
+class AutoTimelines(events.Listener):
+    """Shows a live `TimelineWidget` for each top-level workflow started from a cell."""
+
+    def _new(self, workflow_id: str) -> Any:
+        from .timeline_widget import TimelineWidget, in_kernel
+
+        if not in_kernel():
+            return None
+        widget = TimelineWidget(workflow_id, [], status="running")
+        with _lock:
+            _widgets[workflow_id] = widget
+        widget.show()
+        return widget
+
+    def workflow_submitted(self, workflow_id: str, name: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._new(workflow_id)
+
+    def workflow_started(self, run: Any) -> None:
+        widget = _widgets.get(run.id)
+        if widget is None:
+            if run.parent_id is not None or threading.current_thread() is not threading.main_thread():
+                return
+            widget = self._new(run.id)
+            if widget is None:
+                return
+        widget.set_status("running")
+
+    def step_started(self, run: Any, position: int, name: str, kind: str) -> None:
+        widget = _widgets.get(run.id)
+        if widget is not None:
+            import time
+
+            widget.set_row({"position": position, "name": name, "kind": kind, "state": "running",
+                            "started": time.time(), "finished": None, "attempts": 1,
+                            "output_bytes": None, "codec": None, "error_type": None,
+                            "error_message": None})  # fmt: skip
+
+    def step_finished(self, run: Any, record: Any, replayed: bool) -> None:
+        widget = _widgets.get(run.id)
+        if widget is not None:
+            from .timeline_widget import row_from_record
+
+            widget.set_row(row_from_record(record, replayed))
+
+    def map_progress(self, run: Any, name: str, done: int, total: int) -> None:
+        widget = _widgets.get(run.id)
+        if widget is not None:
+            short = name.rsplit(".", 1)[-1]
+            widget.set_progress(f"map {short}: {done}/{total} items")
+
+    def workflow_finished(self, run: Any, status: str, error: BaseException | None) -> None:
+        with _lock:
+            widget = _widgets.pop(run.id, None)
+        if widget is not None:
+            widget.set_status(status, final=True)
+
+
+_listener = AutoTimelines()
+
+
+def enable() -> None:
+    """Show a live timeline for workflows run from notebook cells (``DURABLENB_TIMELINE=0``
+    turns it off)."""
+    if os.environ.get("DURABLENB_TIMELINE", "1") != "0":
+        events.add_listener(_listener)
+
+
+def disable() -> None:
+    """Stop showing timelines by themselves."""
+    events.remove_listener(_listener)
