@@ -236,3 +236,20 @@ def test_render_squeezes_long_gaps():
     assert "border-left:1px dashed" in html  # the hour-long gap is drawn as a break
     assert html.count("class='durablenb-bar'") == 2
     assert "b" in render_text("w", rows)
+
+
+def test_interrupted_step_shows_as_cancelled(schema, shown):
+    @dnb.step
+    def cut():
+        raise KeyboardInterrupt
+
+    @dnb.workflow
+    def wf():
+        return cut()
+
+    with pytest.raises(KeyboardInterrupt):
+        wf()
+    w = shown[0]
+    assert w.status == "interrupted"
+    assert [s["state"] for s in w.steps] == ["cancelled"]
+    assert "data-state='cancelled'" in w._repr_mimebundle_()[0]["text/html"]

@@ -104,6 +104,11 @@ class TimelineWidget(ipywidgets.VBox):
     def set_status(self, status: str, final: bool = False) -> None:
         with self._lock:
             self.status = status
+            if final and status in ("cancelled", "interrupted"):
+                # A step cut off by a cancel or an interrupt has no record: show it stopped.
+                for row in self._rows.values():
+                    if row["state"] == "running":
+                        row["state"] = "cancelled"
         if final:
             self.flush()
         else:
