@@ -64,7 +64,7 @@ def schema(monkeypatch: pytest.MonkeyPatch) -> str:
     else:
         monkeypatch.setenv("DURABLENB_DATABASE_URL", _DSN)
     monkeypatch.setenv("DURABLENB_SCHEMA", name)
-    dnb.connect(_DSN, schema=name)
+    dnb.connect(schema=name)  # as users do: DURABLENB_HOME (embedded) or DURABLENB_DATABASE_URL
     yield name
     runtime.disconnect()
     with psycopg.connect(_DSN, autocommit=True) as conn:

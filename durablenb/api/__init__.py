@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
-from .. import codecs
-from ..engine import Step, Transaction, Workflow, WorkflowHandle, runtime
+from ..engine import Step, Transaction, Workflow, WorkflowHandle, runtime, values
 from ..engine.handles import submit
 from ..engine.replay import _explicit_id, execute, record_value
 from ..errors import (
@@ -173,9 +172,11 @@ def _row(workflow_id: str) -> Any:
 
 
 def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
-    args, kwargs = codecs.decode(row.inputs_codec, row.inputs, row.inputs_checksum,
-                                 what=f"inputs of workflow {row.id!r}")  # fmt: skip
-    inputs = codecs.Encoded(row.inputs_codec, bytes(row.inputs), row.inputs_checksum)
+    store = runtime.store()
+    args, kwargs = values.decode_value(store, row.inputs_codec, row.inputs, row.inputs_checksum,
+                                       row.inputs_blob, f"inputs of workflow {row.id!r}")  # fmt: skip
+    inputs = values.Stored(row.inputs_codec, None if row.inputs is None else bytes(row.inputs),
+                           row.inputs_checksum, 0, row.inputs_blob)  # fmt: skip
     fut = submit(execute, runtime.store(), wf, wid, tuple(args), dict(kwargs), None, inputs,
                  row.parent_id, row.parent_position)  # fmt: skip
     return WorkflowHandle(wid, fut)

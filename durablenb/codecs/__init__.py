@@ -29,11 +29,18 @@ __all__ = [
     "JSON",
     "PICKLE",
     "CLOUDPICKLE",
+    "ARROW",
+    "NPY",
+    "choose",
+    "write",
+    "estimate_size",
 ]
 
 JSON = "json"
 PICKLE = "pickle"
 CLOUDPICKLE = "cloudpickle"
+ARROW = "arrow"  # Arrow IPC file: pandas DataFrame/Series/Index, pyarrow and polars tables
+NPY = "npy"  # numpy's .npy format: numeric, bool, datetime and string arrays
 
 #: JSON is used only for values with at most this many scalars; larger ones pickle faster.
 JSON_MAX_ITEMS = 1000
@@ -77,11 +84,52 @@ def _json_safe(value: Any, budget: list[int]) -> bool:
     return False
 
 
-def encode(value: Any) -> Encoded:
-    """Encode *value* with the best codec for its type; `EncodingError` if none can."""
+def choose(value: Any) -> str:
+    """The codec for *value*: json, arrow, npy, or pickle (cloudpickle decided on encoding)."""
     if _json_safe(value, [JSON_MAX_ITEMS]):
+        return JSON
+    mod = type(value).__module__.split(".", 1)[0]
+    if mod in ("pandas", "pyarrow", "polars", "numpy"):
+        from . import _columnar
+
+        return _columnar.choose(value) or PICKLE
+    return PICKLE
+
+
+def estimate_size(value: Any) -> int | None:
+    """A cheap estimate of the encoded size of a columnar value, else None."""
+    mod = type(value).__module__.split(".", 1)[0]
+    if mod in ("pandas", "pyarrow", "polars", "numpy"):
+        from . import _columnar
+
+        return _columnar.estimate_size(value)
+    return None
+
+
+def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> str:
+    """Stream *value* into the binary file object *sink*; returns the codec recorded.
+
+    *codec* is what `choose` returned; *compression* (``"zstd"``, ``"lz4"``) compresses the
+    stream. Raises `EncodingError` when the value cannot be encoded.
+    """
+    from . import _columnar
+
+    return _columnar.write(value, codec, sink, compression)
+
+
+def encode(value: Any, codec: str | None = None) -> Encoded:
+    """Encode *value* in memory with the best codec for its type; `EncodingError` if none can."""
+    codec = codec or choose(value)
+    if codec == JSON:
         data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         return Encoded(JSON, data, zlib.crc32(data))
+    if codec in (ARROW, NPY):
+        import io
+
+        sink = io.BytesIO()
+        used = write(value, codec, sink)
+        data = sink.getvalue()
+        return Encoded(used, data, zlib.crc32(data))
     try:
         data = pickle.dumps(value, protocol=5)
         codec = PICKLE
@@ -99,21 +147,34 @@ def encode(value: Any) -> Encoded:
     return Encoded(codec, data, zlib.crc32(data))
 
 
-def decode(codec: str, data: bytes, expected_checksum: int | None = None, *, what: str = "value") -> Any:
-    """Decode *data* written by `encode`; `CorruptRecordError` when it does not check out."""
+def decode(
+    codec: str, data: Any, expected_checksum: int | None = None, *, what: str = "value"
+) -> Any:
+    """Decode *data* (bytes or a buffer) written by `encode` or `write`.
+
+    `CorruptRecordError` when it fails its checksum or cannot be decoded.
+    """
     if data is None:
         raise CorruptRecordError(f"the recorded {what} has no data")
-    data = bytes(data)
     if expected_checksum is not None and zlib.crc32(data) != expected_checksum:
         raise CorruptRecordError(
-            f"the recorded {what} fails its checksum ({len(data)} bytes, codec {codec}); "
-            "the record was altered or damaged"
+            f"the recorded {what} fails its checksum ({len(memoryview(data))} bytes, codec "
+            f"{codec}); the record was altered or damaged"
         )
     try:
-        if codec == JSON:
-            return json.loads(data)
-        if codec in (PICKLE, CLOUDPICKLE):
+        base, _, compression = codec.partition("+")
+        if compression:
+            from . import _columnar
+
+            data = _columnar.decompress(data, compression)
+        if base == JSON:
+            return json.loads(bytes(data))
+        if base in (PICKLE, CLOUDPICKLE):
             return pickle.loads(data)
+        if base in (ARROW, NPY):
+            from . import _columnar
+
+            return _columnar.decode(base, data)
     except (ModuleNotFoundError, AttributeError) as exc:
         # The value refers to a class or function this process does not define (yet).
         raise CorruptRecordError(

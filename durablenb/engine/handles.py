@@ -82,7 +82,7 @@ class WorkflowHandle:
             if row is None:
                 raise WorkflowNotFoundError(f"no workflow {self.workflow_id!r} is recorded")
             if row.status not in ("running", "superseded"):
-                return recorded_outcome(row)
+                return recorded_outcome(row, store)
             if row.status == "running" and not store.is_held(self.workflow_id):
                 # Re-read: it may have finished between the two queries.
                 row = store.get_workflow(self.workflow_id)
@@ -116,8 +116,8 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
     """
     if not isinstance(wf, Workflow):
         raise TypeError(f"dnb.start takes a @dnb.workflow function, got {wf!r}")
-    digest, inputs = encode_inputs(wf, args, kwargs)
     parent = current()
+    digest, inputs = encode_inputs(parent.store if parent else runtime.store(), wf, args, kwargs)
     explicit = _explicit_id.get()
     if parent is None:
         store = runtime.store()
@@ -129,15 +129,15 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
     pos = parent.take()
     rec = lookup(parent, pos, wf.name, "start", wf.code_hash)
     if rec is not None:
-        wid = replay(parent.id, rec)
+        wid = replay(parent.store, parent.id, rec)
     else:
         wid = explicit or f"{parent.id}/{pos}"
         t0 = time.time()
-        rec = _record(parent.id, pos, wf.name, "start", wf.code_hash, True, wid, 1, t0, t0,
+        rec = _record(parent.store, parent.id, pos, wf.name, "start", wf.code_hash, True, wid, 1, t0, t0,
                       child_id=wid)  # fmt: skip
         winner = parent.lease.record_step(rec)
         if winner is not rec:
-            wid = replay(parent.id, winner)
+            wid = replay(parent.store, parent.id, winner)
     fut = submit(execute, parent.store, wf, wid, args, kwargs, digest, inputs, parent.id, pos)
     return WorkflowHandle(wid, fut)
 

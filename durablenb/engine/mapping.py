@@ -96,7 +96,7 @@ def map(
             continue
         mark_finished(run, rec, True)
         try:
-            results[i] = replay(run.id, rec)
+            results[i] = replay(run.store, run.id, rec)
         except Exception as exc:
             failures[i] = exc
     if pending:
@@ -178,7 +178,7 @@ def _drive(
             attempts = 1
             if winner is not None:
                 mark_finished(run, winner, True)
-                _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
+                _store_result(i, lambda w=winner: replay(run.store, run.id, w), results, failures)
                 continue
             if ok:
                 if run is not None:
@@ -195,12 +195,12 @@ def _drive(
             else:
                 failures[i] = value
             continue
-        rec = _record(run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
+        rec = _record(run.store, run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
                       attempts, started[i], time.time())  # fmt: skip
         winner = run.lease.record_step(rec)
         mark_finished(run, winner, winner is not rec)
         if winner is not rec or (ok and rec.status != "succeeded"):
-            _store_result(i, lambda w=winner: replay(run.id, w), results, failures)
+            _store_result(i, lambda w=winner: replay(run.store, run.id, w), results, failures)
         elif ok:
             results[i] = value
         else:

@@ -34,7 +34,7 @@ from ..errors import (
     WorkflowConflictError,
 )
 from ..store import Lease, NewWorkflow, Outcome, StepRecord, Store
-from . import events, runtime
+from . import events, runtime, values
 from .defs import Step, Transaction, Workflow
 from .hashing import args_digest, default_workflow_id
 
@@ -152,12 +152,13 @@ def _what(run_id: str, rec: StepRecord) -> str:
     return f"output of step {rec.name!r} (position {rec.position}) of workflow {run_id!r}"
 
 
-def replay(run_id: str, rec: StepRecord) -> Any:
+def replay(store: Store, run_id: str, rec: StepRecord) -> Any:
     """The recorded output of *rec*, or its recorded exception raised."""
     __tracebackhide__ = True
     if rec.status == "succeeded":
         try:
-            return codecs.decode(rec.codec or "", rec.output, rec.checksum, what=_what(run_id, rec))
+            return values.decode_value(store, rec.codec or "", rec.output, rec.checksum, rec.blob,
+                                       _what(run_id, rec))  # fmt: skip
         except CorruptRecordError as exc:
             raise CorruptRecordError(str(exc)) from None
     exc = codecs.decode_exception(rec.error, rec.error_type, rec.error_message, rec.error_traceback)
@@ -181,15 +182,15 @@ def _note(exc: BaseException, text: str) -> None:
 
 
 def _record(
-    run_id: str, pos: int, spec_name: str, kind: str, code: str | None, ok: bool, value: Any,
-    attempts: int, t0: float, t1: float, child_id: str | None = None,
+    store: Store, run_id: str, pos: int, spec_name: str, kind: str, code: str | None, ok: bool,
+    value: Any, attempts: int, t0: float, t1: float, child_id: str | None = None,
 ) -> StepRecord:  # fmt: skip
     """A record of an outcome; an unencodable output becomes an `UnserializableOutputError`."""
     rec = StepRecord(run_id, pos, spec_name, kind, "succeeded", attempts=attempts, code_hash=code,
                      child_id=child_id, started_at=t0, finished_at=t1)  # fmt: skip
     if ok:
         try:
-            enc = codecs.encode(value)
+            enc = values.encode_value(store, value)
         except codecs.EncodingError as exc:
             err = UnserializableOutputError(
                 f"step {spec_name!r} of workflow {run_id!r} returned a "
@@ -202,8 +203,8 @@ def _record(
             err.__cause__ = exc
             value, ok = err, False
         else:
-            rec.output, rec.codec, rec.checksum, rec.output_bytes = (
-                enc.data, enc.codec, enc.checksum, enc.size)  # fmt: skip
+            rec.output, rec.codec, rec.checksum, rec.output_bytes, rec.blob = (
+                enc.data, enc.codec, enc.checksum, enc.size, enc.blob)  # fmt: skip
             return rec
     enc_err = codecs.encode_exception(value)
     rec.status = "failed"
@@ -269,20 +270,21 @@ def call_step(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if rec is not None:
         if events.listeners:
             events.emit("step_finished", run, rec, True)
-        return replay(run.id, rec)
+        return replay(run.store, run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
     started(run, pos, spec.name, spec.kind, t0)
     try:
         ok, value, attempts = attempt(spec, args, kwargs)
-        rec = _record(run.id, pos, spec.name, spec.kind, code, ok, value, attempts, t0, time.time())
+        rec = _record(run.store, run.id, pos, spec.name, spec.kind, code, ok, value, attempts, t0,
+                      time.time())  # fmt: skip
         winner = run.lease.record_step(rec)
     finally:
         run.running.pop(pos, None)
     if events.listeners:
         events.emit("step_finished", run, winner, winner is not rec)
     if winner is not rec:
-        return replay(run.id, winner)
+        return replay(run.store, run.id, winner)
     if rec.status == "succeeded":
         return value
     if ok:  # the output could not be encoded
@@ -320,7 +322,7 @@ def run_transaction(
                     _in_step.reset(tstep)
                 if run_id is None or pos is None:
                     return True, value, None
-                rec = _record(run_id, pos, spec.name, spec.kind, spec.code_hash, True, value,
+                rec = _record(store, run_id, pos, spec.name, spec.kind, spec.code_hash, True, value,
                               attempts, t0, time.time())  # fmt: skip
                 if rec.status != "succeeded":  # unencodable output: roll the body back
                     return False, codecs.decode_exception(rec.error, rec.error_type,
@@ -356,7 +358,7 @@ def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str,
     rec = lookup(run, pos, spec.name, spec.kind, spec.code_hash)
     if rec is not None:
         finished(run, rec, True)
-        return replay(run.id, rec)
+        return replay(run.store, run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
     started(run, pos, spec.name, spec.kind, t0)
@@ -366,7 +368,7 @@ def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str,
         run.running.pop(pos, None)
     if winner is not None:
         finished(run, winner, True)
-        return replay(run.id, winner)
+        return replay(run.store, run.id, winner)
     if ok:
         if events.listeners:
             done = StepRecord(run.id, pos, spec.name, spec.kind, "succeeded", started_at=t0,
@@ -374,11 +376,12 @@ def call_transaction(spec: Transaction, args: tuple[Any, ...], kwargs: dict[str,
             finished(run, done, False)
         return value
     # The body's writes rolled back; record the failure outside the transaction.
-    rec = _record(run.id, pos, spec.name, spec.kind, spec.code_hash, False, value, 1, t0, time.time())
+    rec = _record(run.store, run.id, pos, spec.name, spec.kind, spec.code_hash, False, value, 1,
+                  t0, time.time())  # fmt: skip
     winner = run.lease.record_step(rec)
     finished(run, winner, winner is not rec)
     if winner is not rec:
-        return replay(run.id, winner)
+        return replay(run.store, run.id, winner)
     raise value
 
 
@@ -392,26 +395,26 @@ def record_value(kind: str, name: str, compute: Callable[[], Any]) -> Any:
     rec = lookup(run, pos, name, kind, None)
     if rec is not None:
         finished(run, rec, True)
-        return replay(run.id, rec)
+        return replay(run.store, run.id, rec)
     _check_cancelled(run)
     t0 = time.time()
     value = compute()
-    rec = _record(run.id, pos, name, kind, None, True, value, 1, t0, time.time())
+    rec = _record(run.store, run.id, pos, name, kind, None, True, value, 1, t0, time.time())
     winner = run.lease.record_step(rec)
     finished(run, winner, winner is not rec)
-    return replay(run.id, winner) if winner is not rec else value
+    return replay(run.store, run.id, winner) if winner is not rec else value
 
 
 # -- workflows --------------------------------------------------------------------------
 
 
 def encode_inputs(
-    spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[str, codecs.Encoded]:
+    store: Store, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, values.Stored]:
     """The argument digest and encoded inputs; `UnserializableArgumentsError` before anything runs."""
     digest = args_digest(args, kwargs)
     try:
-        enc = codecs.encode((tuple(args), dict(kwargs)))
+        enc = values.encode_value(store, (tuple(args), dict(kwargs)))
     except codecs.EncodingError as exc:
         raise UnserializableArgumentsError(
             f"the arguments of workflow {spec.name!r} cannot be recorded: {exc}"
@@ -426,8 +429,8 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
         return spec.fn(*args, **kwargs)
     parent = _current.get()
     explicit = _explicit_id.get()
-    digest, inputs = encode_inputs(spec, args, kwargs)
     store = parent.store if parent is not None else runtime.store()
+    digest, inputs = encode_inputs(store, spec, args, kwargs)
     if parent is None:
         wid = explicit or default_workflow_id(spec.name, digest)
         return execute(store, spec, wid, args, kwargs, digest, inputs)
@@ -435,7 +438,7 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
     rec = lookup(parent, pos, spec.name, "workflow", spec.code_hash)
     if rec is not None:
         finished(parent, rec, True)
-        return replay(parent.id, rec)
+        return replay(parent.store, parent.id, rec)
     _check_cancelled(parent)
     wid = explicit or f"{parent.id}/{pos}"
     t0 = time.time()
@@ -448,12 +451,12 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
         raise
     except Exception as exc:
         value, ok = exc, False
-    rec = _record(parent.id, pos, spec.name, "workflow", spec.code_hash, ok, value, 1, t0,
+    rec = _record(parent.store, parent.id, pos, spec.name, "workflow", spec.code_hash, ok, value, 1, t0,
                   time.time(), child_id=wid)  # fmt: skip
     winner = parent.lease.record_step(rec)
     finished(parent, winner, winner is not rec)
     if winner is not rec:
-        return replay(parent.id, winner)
+        return replay(parent.store, parent.id, winner)
     if ok and rec.status == "succeeded":
         return value
     if ok:
@@ -461,12 +464,12 @@ def call_workflow(spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any])
     raise value
 
 
-def recorded_outcome(row: Any) -> Any:
+def recorded_outcome(row: Any, store: Store) -> Any:
     """The recorded result of a finished workflow row, or its recorded exception raised."""
     __tracebackhide__ = True
     if row.status == "succeeded":
-        return codecs.decode(row.output_codec or "", row.output, row.output_checksum,
-                             what=f"output of workflow {row.id!r}")  # fmt: skip
+        return values.decode_value(store, row.output_codec or "", row.output, row.output_checksum,
+                                   row.output_blob, f"output of workflow {row.id!r}")  # fmt: skip
     if row.status == "cancelled":
         raise WorkflowCancelledError(row.id)
     exc = codecs.decode_exception(row.error, row.error_type, row.error_message, row.error_traceback)
@@ -477,13 +480,14 @@ def recorded_outcome(row: Any) -> Any:
 
 def execute(
     store: Store, spec: Workflow, wid: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-    digest: str | None, inputs: codecs.Encoded, parent_id: str | None = None,
+    digest: str | None, inputs: values.Stored, parent_id: str | None = None,
     parent_position: int | None = None,
 ) -> Any:  # fmt: skip
     """Own *wid*, then run or resume it; returns its output."""
     __tracebackhide__ = True
     new = NewWorkflow(wid, spec.name, digest, inputs.data, inputs.codec, inputs.checksum,
-                      spec.code_hash, runtime.executor_id(), parent_id, parent_position)  # fmt: skip
+                      spec.code_hash, runtime.executor_id(), parent_id, parent_position,
+                      inputs_blob=inputs.blob)  # fmt: skip
     lease = store.lease(wid)
     try:
         wait = spec.wait_timeout if spec.on_busy == "wait" else None
@@ -518,7 +522,7 @@ def execute(
                     f"the code of step {edited[0]!r} of workflow {wid!r} changed since it was recorded"
                 )
             if not changed and not edited and finished:
-                return recorded_outcome(row)
+                return recorded_outcome(row, store)
             run.code_changed = changed
             if (changed or edited) and finished:
                 run.archive_id = lease.archive()
@@ -586,10 +590,10 @@ def _body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[
                           error_message=err.message, error_traceback=err.traceback_text)  # fmt: skip
         run.lease.finish(outcome)
         raise
-    rec = _record(run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
+    rec = _record(run.store, run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
     if rec.status == "succeeded":
         run.lease.finish(Outcome("succeeded", output=rec.output, codec=rec.codec,
-                                 checksum=rec.checksum))  # fmt: skip
+                                 checksum=rec.checksum, blob=rec.blob))  # fmt: skip
         return value
     run.lease.finish(Outcome("failed", error=rec.error, error_type=rec.error_type,
                              error_message=rec.error_message,

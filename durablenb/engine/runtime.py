@@ -43,7 +43,8 @@ def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
         if not target:
             embedded = server.home()
             target = server.start(embedded)
-        new = Store(target, schema=schema or os.environ.get("DURABLENB_SCHEMA") or "durablenb")
+        new = Store(target, schema=schema or os.environ.get("DURABLENB_SCHEMA") or "durablenb",
+                    blob_url=os.environ.get("DURABLENB_BLOB_URL") or None, embedded_home=embedded)
         old, _store, _embedded = _store, new, embedded
     if old is not None:
         old.close()

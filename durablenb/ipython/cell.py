@@ -8,7 +8,7 @@ import types
 from typing import Any
 
 from .. import codecs
-from ..engine import Workflow
+from ..engine import Workflow, runtime, values
 from ..engine.replay import _explicit_id, call_workflow
 
 # A cell's recorded output: {"names": {name: (codec, data, checksum)}, "skipped": [names
@@ -80,17 +80,18 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
         value = None
         if last is not None:
             value = eval(compile(ast.Expression(last.value), filename, "eval"), ns)
-        recorded: dict[str, tuple[str, bytes, int]] = {}
+        store = runtime.store()
+        recorded: dict[str, tuple[str, bytes | None, int | None, str | None]] = {}
         skipped: list[str] = []
         for n in names:
             if n not in ns or isinstance(ns[n], types.ModuleType):
                 continue
             try:
-                enc = codecs.encode(ns[n])
+                enc = values.encode_value(store, ns[n])
             except codecs.EncodingError:
                 skipped.append(n)
                 continue
-            recorded[n] = (enc.codec, enc.data, enc.checksum)
+            recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
         try:
             codecs.encode(value)
         except codecs.EncodingError:
@@ -108,6 +109,8 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
     if not ran["executed"]:
         for node in imports:
             exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), ns)
-        for n, (codec, data, checksum) in out["names"].items():
-            ns[n] = codecs.decode(codec, data, checksum, what=f"value of {n!r} in cell {wid!r}")
+        store = runtime.store()
+        for n, (codec, data, checksum, blob) in out["names"].items():
+            ns[n] = values.decode_value(store, codec, data, checksum, blob,
+                                        f"value of {n!r} in cell {wid!r}")  # fmt: skip
     return out["value"], report

@@ -21,12 +21,14 @@ import psycopg_pool
 from ..errors import StoreUnavailableError
 from ._dsn import mask_dsn
 from ._migrate import latest_version, migrate
+from .blobs import BlobStore, open_blobs
 from .lease import Lease
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
 
 __all__ = [
     "Store",
     "Lease",
+    "BlobStore",
     "StepRecord",
     "WorkflowRow",
     "NewWorkflow",
@@ -53,16 +55,17 @@ class _Queries:
             "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
             f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
             "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
-            "forked_from, run_started_at) "
+            "forked_from, run_started_at, inputs_blob) "
             "SELECT %(id)s, %(name)s, 'running', %(args_digest)s, %(inputs)b, %(inputs_codec)s, "
             "%(inputs_checksum)s, %(code_hash)s, %(executor)s, %(parent_id)s, "
-            "%(parent_position)s, %(forked_from)s, to_timestamp(%(started)s) FROM lk WHERE lk.got "
+            "%(parent_position)s, %(forked_from)s, to_timestamp(%(started)s), %(inputs_blob)s "
+            "FROM lk WHERE lk.got "
             "ON CONFLICT (id) DO NOTHING RETURNING 1) "
             "SELECT lk.got, EXISTS (SELECT 1 FROM ins), (SELECT v FROM cfg) FROM lk"
         )
         self.insert_step = (
             f"INSERT INTO {s}.steps ({STEP_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %b, %s, %s, %s, "
-            "%b, %s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s)) "
+            "%b, %s, %s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s) "
             "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1"
         )
         self.finish = (
@@ -70,7 +73,8 @@ class _Queries:
             f"upd AS (UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
             "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
             "error_type = %(error_type)s, error_message = %(error_message)s, "
-            "error_traceback = %(error_traceback)s, updated_at = clock_timestamp(), "
+            "error_traceback = %(error_traceback)s, output_blob = %(blob)s, "
+            "updated_at = clock_timestamp(), "
             "finished_at = clock_timestamp() WHERE id = %(id)s AND status = 'running' RETURNING 1) "
             # A transaction-level hold on the same key keeps the workflow locked until this
             # statement commits, so the session lock can be let go in the same round trip.
@@ -100,6 +104,8 @@ class Store:
         max_size: int = 16,
         connect_timeout: float = 10.0,
         sync_status: bool | None = None,
+        blob_url: str | None = None,
+        embedded_home: Any = None,
     ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}: use letters, digits and _")
@@ -134,6 +140,7 @@ class Store:
             name=f"durablenb-{schema}",
         )
         self.pool.open(wait=False)
+        self.blobs = open_blobs(self, blob_url, embedded_home)
 
     def __repr__(self) -> str:
         return f"<durablenb.Store {mask_dsn(self.dsn)!r} schema={self.schema!r}>"
@@ -273,7 +280,7 @@ class Store:
             rec.workflow_id, rec.position, rec.name, rec.kind, rec.status, rec.output, rec.codec,
             rec.checksum, rec.output_bytes, rec.error, rec.error_type, rec.error_message,
             rec.error_traceback, rec.attempts, rec.code_hash, rec.child_id, rec.started_at,
-            rec.finished_at,
+            rec.finished_at, rec.blob,
         )  # fmt: skip
 
     def get_step(
@@ -376,9 +383,9 @@ class Store:
         with self.connection() as conn, conn.transaction():
             cur = conn.execute(
                 f"INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, inputs_codec, "
-                "inputs_checksum, code_hash, executor, forked_from, runs) "
+                "inputs_checksum, inputs_blob, code_hash, executor, forked_from, runs) "
                 "SELECT %s, name, 'running', args_digest, inputs, inputs_codec, inputs_checksum, "
-                f"code_hash, %s, id, 0 FROM {s}.workflows WHERE id = %s",
+                f"inputs_blob, code_hash, %s, id, 0 FROM {s}.workflows WHERE id = %s",
                 [new_id, executor, source_id],
             )
             if cur.rowcount != 1:

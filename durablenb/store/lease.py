@@ -48,6 +48,7 @@ class Lease:
             "parent_id": new.parent_id,
             "parent_position": new.parent_position,
             "forked_from": new.forked_from,
+            "inputs_blob": new.inputs_blob,
             "commit_mode": self.store.status_commit_mode,
             "started": time.time(),
         }
@@ -152,6 +153,7 @@ class Lease:
             "error_type": outcome.error_type,
             "error_message": outcome.error_message,
             "error_traceback": outcome.error_traceback,
+            "blob": outcome.blob,
             "commit_mode": self.store.status_commit_mode,
         }
         self.locked = False

@@ -9,14 +9,14 @@ from typing import Any
 STEP_COLUMNS = (
     "workflow_id, position, name, kind, status, output, codec, checksum, output_bytes, "
     "error, error_type, error_message, error_traceback, attempts, code_hash, child_id, "
-    "started_at, finished_at"
+    "started_at, finished_at, blob"
 )
 
 WORKFLOW_COLUMNS = (
     "id, name, status, args_digest, inputs, inputs_codec, inputs_checksum, output, "
     "output_codec, output_checksum, error, error_type, error_message, error_traceback, "
     "code_hash, executor, parent_id, parent_position, forked_from, runs, created_at, "
-    "updated_at, finished_at, run_started_at"
+    "updated_at, finished_at, run_started_at, output_blob, inputs_blob"
 )
 
 
@@ -42,6 +42,7 @@ class StepRecord:
     child_id: str | None = None
     started_at: float | datetime | None = None
     finished_at: float | datetime | None = None
+    blob: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> StepRecord:
@@ -76,6 +77,8 @@ class WorkflowRow:
     updated_at: datetime | None = None
     finished_at: datetime | None = None
     run_started_at: datetime | None = None
+    output_blob: str | None = None
+    inputs_blob: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> WorkflowRow:
@@ -97,6 +100,7 @@ class NewWorkflow:
     parent_id: str | None = None
     parent_position: int | None = None
     forked_from: str | None = None
+    inputs_blob: str | None = None
 
 
 @dataclass
@@ -111,4 +115,5 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     error_traceback: str | None = None
+    blob: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,245 @@
+"""Columnar codecs: Arrow IPC for pandas, pyarrow and polars; npy for numpy arrays.
+
+A frame goes to Arrow only when Arrow brings it back exactly: string column names, no
+object columns holding anything but strings, no sparse or multi-level columns, and
+JSON-able ``attrs``. Anything else is pickled, which always round-trips.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Any
+
+KIND = b"durablenb.kind"
+ATTRS = b"durablenb.attrs"
+SERIES_NAME = b"durablenb.series_name"
+SERIES_COLUMN = "__durablenb_series__"
+
+
+def _json_ok(v: Any) -> bool:
+    try:
+        return json.loads(json.dumps(v)) == v
+    except (TypeError, ValueError):
+        return False
+
+
+def _frame_ok(df: Any) -> bool:
+    import numpy as np
+    import pandas as pd
+
+    cols = df.columns
+    if len(df) == 0:  # tiny anyway, and Arrow drops the categories of empty categoricals
+        return False
+    if isinstance(cols, pd.MultiIndex) or not all(isinstance(c, str) for c in cols):
+        return False
+    if not cols.is_unique or SERIES_COLUMN in cols:
+        return False
+    if df.attrs and not _json_ok(df.attrs):
+        return False
+    indexes = [df.index.get_level_values(i) for i in range(df.index.nlevels)]
+    for arr in [df[c] for c in cols] + indexes:
+        dtype = arr.dtype
+        if isinstance(dtype, pd.SparseDtype) or isinstance(dtype, pd.IntervalDtype):
+            return False
+        if isinstance(dtype, np.dtype) and dtype.hasobject:
+            if pd.api.types.infer_dtype(arr, skipna=True) not in ("string", "empty"):
+                return False
+    names = [n for n in df.index.names if n is not None]
+    return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+
+
+def choose(value: Any) -> str | None:
+    """``arrow`` or ``npy`` when *value* has an exact columnar encoding, else None."""
+    mod = type(value).__module__.split(".", 1)[0]
+    if mod == "pandas":
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame):
+            return "arrow" if _frame_ok(value) else None
+        if isinstance(value, pd.Series):
+            ok = _json_ok(value.name) and _frame_ok(value.to_frame(SERIES_COLUMN + "x"))
+            return "arrow" if ok else None
+        return None
+    if mod == "pyarrow":
+        import pyarrow as pa
+
+        return "arrow" if isinstance(value, (pa.Table, pa.RecordBatch)) else None
+    if mod == "polars":
+        return "arrow" if type(value).__name__ == "DataFrame" else None
+    if mod == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            return "npy"
+    return None
+
+
+def estimate_size(value: Any) -> int | None:
+    """Bytes the value occupies in memory (no deep scan of Python objects)."""
+    try:
+        mod = type(value).__module__.split(".", 1)[0]
+        if mod == "pandas":
+            import pandas as pd
+
+            if isinstance(value, pd.DataFrame):
+                return int(value.memory_usage(index=True, deep=False).sum())
+            if isinstance(value, pd.Series):
+                return int(value.memory_usage(index=True, deep=False))
+        if mod == "pyarrow" or mod == "polars":
+            return int(value.nbytes if mod == "pyarrow" else value.estimated_size())
+        if mod == "numpy":
+            return int(value.nbytes)
+    except Exception:
+        return None
+    return None
+
+
+def _to_table(value: Any) -> Any:
+    import pyarrow as pa
+
+    mod = type(value).__module__.split(".", 1)[0]
+    extra: dict[bytes, bytes] = {}
+    if mod == "pandas":
+        import pandas as pd
+
+        if isinstance(value, pd.Series):
+            extra[KIND] = b"series"
+            extra[SERIES_NAME] = json.dumps(value.name).encode()
+            frame = value.to_frame(SERIES_COLUMN)
+            frame.attrs = dict(value.attrs)
+            value = frame
+        else:
+            extra[KIND] = b"pandas"
+        if value.attrs:
+            extra[ATTRS] = json.dumps(value.attrs).encode()
+        table = pa.Table.from_pandas(value, preserve_index=None)
+    elif mod == "polars":
+        extra[KIND] = b"polars"
+        table = value.to_arrow()
+    elif isinstance(value, pa.RecordBatch):
+        extra[KIND] = b"recordbatch"
+        table = pa.Table.from_batches([value])
+    else:
+        extra[KIND] = b"table"
+        table = value
+    meta = dict(table.schema.metadata or {})
+    meta.update(extra)
+    return table.replace_schema_metadata(meta)
+
+
+class _Count:
+    """A write-only file that forwards to *sink* (pyarrow wants ``closed`` and ``tell``)."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.n = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.sink.write(data)
+        n = memoryview(data).nbytes
+        self.n += n
+        return n
+
+    def tell(self) -> int:
+        return self.n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> str:
+    """Stream *value* into *sink* with *codec*; returns the codec name to record."""
+    import pyarrow as pa
+
+    from . import CLOUDPICKLE, PICKLE, EncodingError
+
+    if codec == "arrow":
+        import pyarrow.ipc as ipc
+
+        try:
+            table = _to_table(value)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise EncodingError(f"cannot convert {type(value).__qualname__} to Arrow: {exc}") from exc
+        options = ipc.IpcWriteOptions(compression=compression, use_threads=True)
+        with ipc.new_file(pa.PythonFile(_Count(sink), mode="w"), table.schema, options=options) as w:
+            w.write_table(table, max_chunksize=1 << 20)
+        return "arrow"
+    stream: Any = sink
+    out: Any = None
+    if compression:
+        out = pa.CompressedOutputStream(pa.PythonFile(_Count(sink), mode="w"), compression)
+        stream = out
+    try:
+        if codec == "npy":
+            import numpy as np
+
+            np.lib.format.write_array(stream, value, allow_pickle=False)
+            used = "npy"
+        else:
+            try:
+                data = pickle.dumps(value, protocol=5)
+                used = PICKLE
+            except Exception as first:
+                try:
+                    import cloudpickle
+
+                    data = cloudpickle.dumps(value, protocol=5)
+                    used = CLOUDPICKLE
+                except Exception as exc:
+                    raise EncodingError(
+                        f"cannot encode a value of type {type(value).__module__}."
+                        f"{type(value).__qualname__}: {exc or first}"
+                    ) from exc
+            stream.write(data)
+    finally:
+        if out is not None:
+            out.close()
+    return f"{used}+{compression}" if compression else used
+
+
+def decompress(data: Any, compression: str) -> Any:
+    """The bytes of a compressed stream written by `write`."""
+    import pyarrow as pa
+
+    with pa.CompressedInputStream(pa.BufferReader(pa.py_buffer(data)), compression) as src:
+        return src.read_buffer()
+
+
+def decode(codec: str, data: Any) -> Any:
+    """The value *data* (bytes or any buffer) holds."""
+    import pyarrow as pa
+
+    if codec == "npy":
+        import numpy as np
+
+        return np.lib.format.read_array(io.BytesIO(memoryview(data)), allow_pickle=False)
+    import pyarrow.ipc as ipc
+
+    table = ipc.open_file(pa.BufferReader(pa.py_buffer(data))).read_all()
+    meta = table.schema.metadata or {}
+    kind = meta.get(KIND, b"table")
+    if kind in (b"pandas", b"series"):
+        df = table.to_pandas()
+        if ATTRS in meta:
+            df.attrs = json.loads(meta[ATTRS])
+        if kind == b"series":
+            s = df[SERIES_COLUMN]
+            s.name = json.loads(meta[SERIES_NAME])
+            s.attrs = dict(df.attrs)
+            return s
+        return df
+    clean = {k: v for k, v in meta.items() if not k.startswith(b"durablenb.")}
+    table = table.replace_schema_metadata(clean or None)
+    if kind == b"polars":
+        import polars
+
+        return polars.from_arrow(table)
+    if kind == b"recordbatch":
+        return table.combine_chunks().to_batches()[0]
+    return table

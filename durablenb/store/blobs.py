@@ -1,0 +1,317 @@
+"""Blob stores: large values as content-addressed, checksummed objects beside the records.
+
+A blob is named by the SHA-256 of its bytes, so identical outputs are stored once and a
+read checks the bytes against the name. It is made durable (fsync'd, or committed) before
+the record that refers to it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..errors import CorruptRecordError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from . import Store
+
+__all__ = ["BlobStore", "FolderBlobs", "PostgresBlobs", "FsspecBlobs", "HashingWriter", "open_blobs"]
+
+CHUNK = 4 << 20  # bytes per PostgreSQL row and per read
+
+
+class HashingWriter:
+    """A binary file wrapper that hashes and counts what goes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.raw.write(view)
+        self.sha.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        """Mark closed; the underlying file stays open for the store to finish."""
+        self.closed = True
+
+    @property
+    def ref(self) -> str:
+        return self.sha.hexdigest()
+
+
+class BlobStore:
+    """Where large values live. *compression*: how streams are compressed for this store."""
+
+    url = ""
+    compression: str | None = None
+
+    def put(self, produce: Callable[[Any], None]) -> tuple[str, int]:
+        """Store what *produce(file)* writes; returns ``(sha256 hex, size)`` once durable."""
+        raise NotImplementedError
+
+    def get(self, ref: str, what: str = "value") -> Any:
+        """The verified bytes (a buffer) of blob *ref*; `CorruptRecordError` if missing or bad."""
+        raise NotImplementedError
+
+    def refs(self, older_than: float) -> Iterable[str]:
+        """Stored blobs created more than *older_than* seconds ago."""
+        raise NotImplementedError
+
+    def delete(self, refs: Iterable[str]) -> int:
+        """Delete these blobs; returns how many went."""
+        raise NotImplementedError
+
+    def put_bytes(self, data: Any) -> tuple[str, int]:
+        return self.put(lambda f: f.write(data))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def _missing(ref: str, what: str, where: str) -> CorruptRecordError:
+    return CorruptRecordError(
+        f"the recorded {what} is stored as blob {ref[:16]}… in {where}, and that blob is "
+        "missing; it was deleted or the blob store moved (DURABLENB_BLOB_URL)"
+    )
+
+
+def _check(data: Any, ref: str, what: str, where: str) -> None:
+    if hashlib.sha256(data).hexdigest() != ref:
+        raise CorruptRecordError(
+            f"the recorded {what} (blob {ref[:16]}… in {where}) fails its checksum; the blob "
+            "was altered or damaged"
+        )
+
+
+class FolderBlobs(BlobStore):
+    """Blobs as files ``ab/abcdef…`` under a local folder, fsync'd before use."""
+
+    def __init__(self, root: str | Path, compression: str | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.url = str(self.root)
+        self.compression = compression
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def _path(self, ref: str) -> Path:
+        return self.root / ref[:2] / ref
+
+    def put(self, produce: Callable[[Any], None]) -> tuple[str, int]:
+        tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb", buffering=0) as raw:
+                w = HashingWriter(raw)
+                produce(w)
+                os.fsync(raw.fileno())
+            ref = w.ref
+            final = self._path(ref)
+            if final.exists():
+                tmp.unlink()
+                return ref, w.size
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            return ref, w.size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def get(self, ref: str, what: str = "value") -> Any:
+        path = self._path(ref)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise _missing(ref, what, self.url) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        _check(data, ref, what, self.url)
+        return data
+
+    def refs(self, older_than: float) -> Iterable[str]:
+        limit = time.time() - older_than
+        for sub in self.root.iterdir():
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sub.iterdir():
+                    if f.stat().st_mtime < limit:
+                        yield f.name
+
+    def delete(self, refs: Iterable[str]) -> int:
+        n = 0
+        for ref in refs:
+            try:
+                self._path(ref).unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PostgresBlobs(BlobStore):
+    """Blobs in the store's own database, in 4 MB rows written with binary COPY."""
+
+    def __init__(self, store: Store, compression: str | None = "zstd") -> None:
+        self.store = store
+        self.url = f"{store.masked_dsn} (schema {store.schema})"
+        self.compression = compression
+        self.s = store.qschema
+
+    def put(self, produce: Callable[[Any], None]) -> tuple[str, int]:
+        with tempfile.TemporaryFile() as tmp:
+            w = HashingWriter(tmp)
+            produce(w)
+            ref, size = w.ref, w.size
+            tmp.seek(0)
+            with self.store.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.lock_key("blob:" + ref)])
+                if conn.execute(f"SELECT 1 FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone():
+                    return ref, size
+                cur = conn.cursor()
+                with cur.copy(f"COPY {self.s}.blob_chunks (ref, seq, data) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["text", "int4", "bytea"])
+                    seq = 0
+                    while chunk := tmp.read(CHUNK):
+                        cp.write_row((ref, seq, chunk))
+                        seq += 1
+                conn.execute(
+                    f"INSERT INTO {self.s}.blob_objects (ref, size, chunks) VALUES (%s, %s, %s)",
+                    [ref, size, seq],
+                )
+        return ref, size
+
+    def get(self, ref: str, what: str = "value") -> Any:
+        with self.store.connection() as conn:
+            row = conn.execute(f"SELECT size FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone()
+            if row is None:
+                raise _missing(ref, what, self.url)
+            buf = bytearray(row[0])
+            view = memoryview(buf)
+            pos = 0
+            cur = conn.cursor(binary=True)
+            for (chunk,) in cur.stream(
+                f"SELECT data FROM {self.s}.blob_chunks WHERE ref = %s ORDER BY seq", [ref]
+            ):
+                n = len(chunk)
+                if pos + n > len(buf):
+                    raise CorruptRecordError(
+                        f"the recorded {what} (blob {ref[:16]}…) is longer than recorded"
+                    )
+                view[pos : pos + n] = chunk
+                pos += n
+        if pos != len(buf):
+            raise CorruptRecordError(f"the recorded {what} (blob {ref[:16]}…) is truncated")
+        _check(buf, ref, what, self.url)
+        return buf
+
+    def refs(self, older_than: float) -> Iterable[str]:
+        with self.store.connection() as conn:
+            rows = conn.execute(
+                f"SELECT ref FROM {self.s}.blob_objects "
+                "WHERE created_at < clock_timestamp() - make_interval(secs => %s)",
+                [older_than],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def delete(self, refs: Iterable[str]) -> int:
+        refs = list(refs)
+        with self.store.connection() as conn, conn.transaction():
+            conn.execute(f"DELETE FROM {self.s}.blob_chunks WHERE ref = ANY(%s)", [refs])
+            return conn.execute(f"DELETE FROM {self.s}.blob_objects WHERE ref = ANY(%s)", [refs]).rowcount
+
+
+class FsspecBlobs(BlobStore):
+    """Blobs under an fsspec URL (``s3://bucket/prefix``, ``gcs://…``) that all users reach."""
+
+    def __init__(self, url: str, compression: str | None = "zstd") -> None:
+        try:
+            import fsspec
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise StoreUnavailableError(
+                f"DURABLENB_BLOB_URL={url!r} needs fsspec (pip install fsspec and the "
+                "filesystem's package, such as s3fs)"
+            ) from None
+        self.fs, self.base = fsspec.core.url_to_fs(url)
+        self.url = url
+        self.compression = compression
+
+    def _path(self, ref: str) -> str:
+        return f"{self.base.rstrip('/')}/{ref[:2]}/{ref}"
+
+    def put(self, produce: Callable[[Any], None]) -> tuple[str, int]:
+        tmp = f"{self.base.rstrip('/')}/tmp/{uuid.uuid4().hex}.part"
+        with self.fs.open(tmp, "wb") as raw:
+            w = HashingWriter(raw)
+            produce(w)
+        final = self._path(w.ref)
+        if self.fs.exists(final):
+            self.fs.rm(tmp)
+        else:
+            self.fs.mv(tmp, final)
+        return w.ref, w.size
+
+    def get(self, ref: str, what: str = "value") -> Any:
+        try:
+            data = self.fs.cat_file(self._path(ref))
+        except FileNotFoundError:
+            raise _missing(ref, what, self.url) from None
+        _check(data, ref, what, self.url)
+        return data
+
+    def refs(self, older_than: float) -> Iterable[str]:
+        return []  # object stores keep their own lifecycle rules
+
+    def delete(self, refs: Iterable[str]) -> int:
+        n = 0
+        for ref in refs:
+            try:
+                self.fs.rm(self._path(ref))
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+
+def open_blobs(store: Store, url: str | None, embedded_home: Path | None) -> BlobStore:
+    """The blob store for *store*: *url* (a folder or fsspec URL), else a folder beside the
+    embedded server, else the database itself. ``DURABLENB_COMPRESSION`` (``none``, ``lz4``,
+    ``zstd``) overrides each store's default compression."""
+    env = os.environ.get("DURABLENB_COMPRESSION")
+    comp: Any = ... if env is None else (None if env in ("", "none") else env)
+    if url:
+        if "://" in url and not url.startswith("file://"):
+            blobs: BlobStore = FsspecBlobs(url)
+        else:
+            blobs = FolderBlobs(url.removeprefix("file://"))
+    elif embedded_home is not None:
+        blobs = FolderBlobs(Path(embedded_home) / "blobs")
+    else:
+        blobs = PostgresBlobs(store)
+    if comp is not ...:
+        blobs.compression = comp
+    return blobs
