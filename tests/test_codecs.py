@@ -307,3 +307,27 @@ def test_when_a_step_cannot_be_encoded_nothing_half_written_remains(schema, smal
     st_ = dnb.steps(wf.id_for())
     assert list(st_["status"]) == ["failed"]
     assert dt.datetime.now(dt.timezone.utc) > st_.loc[0, "started_at"]
+
+
+def test_restored_frames_can_be_modified(schema, small_threshold):
+    frame = big_frame()
+
+    @dnb.step
+    def make():
+        return frame
+
+    @dnb.workflow
+    def wf():
+        return make()
+
+    wf()
+    store = runtime.store()
+    from durablenb.engine.replay import replay
+
+    back = replay(store, wf.id_for(), store.get_step(wf.id_for(), 0))
+    back.loc[0, "x"] = -1.0
+    back["i"] += 1
+    back["cat"] = back["cat"].cat.add_categories(["new"])
+    back.loc[1, "cat"] = "new"
+    assert back.loc[0, "x"] == -1.0 and back.loc[0, "i"] == 1 and back.loc[1, "cat"] == "new"
+    same(frame, replay(store, wf.id_for(), store.get_step(wf.id_for(), 0)))  # the blob is intact

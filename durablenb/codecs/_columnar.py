@@ -243,3 +243,4 @@ def decode(codec: str, data: Any) -> Any:
     if kind == b"recordbatch":
         return table.combine_chunks().to_batches()[0]
     return table
+

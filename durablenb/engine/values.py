@@ -15,7 +15,7 @@ BLOB_THRESHOLD = int(os.environ.get("DURABLENB_BLOB_THRESHOLD", 1 << 20))
 
 @dataclass(frozen=True)
 class Stored:
-    """An encoded value: inline *data* with its CRC-32, or the SHA-256 *blob* it lives in."""
+    """An encoded value: inline *data*, or the SHA-256 *blob* it lives in; CRC-32 of either."""
 
     codec: str
     data: bytes | None
@@ -34,18 +34,18 @@ def encode_value(store: Store, value: Any) -> Stored:
     estimate = codecs.estimate_size(value) if codec in (codecs.ARROW, codecs.NPY) else None
     if estimate is not None and estimate >= BLOB_THRESHOLD:
         used: list[str] = []
-        ref, size = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)))
-        return Stored(used[0], None, None, size, ref)
+        ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)))
+        return Stored(used[0], None, crc, size, ref)
     enc = codecs.encode(value, codec)
     if enc.size >= BLOB_THRESHOLD:
         if blobs.compression:
             used = []
-            ref, size = blobs.put(
+            ref, size, crc = blobs.put(
                 lambda f: used.append(_compressed(enc, f, blobs.compression))  # type: ignore[arg-type]
             )
-            return Stored(used[0], None, None, size, ref)
-        ref, size = blobs.put_bytes(enc.data)
-        return Stored(enc.codec, None, None, size, ref)
+            return Stored(used[0], None, crc, size, ref)
+        ref, size, crc = blobs.put_bytes(enc.data)
+        return Stored(enc.codec, None, crc, size, ref)
     return Stored(enc.codec, enc.data, enc.checksum, enc.size)
 
 
@@ -62,5 +62,5 @@ def decode_value(
 ) -> Any:
     """The value a record holds, read from its blob when it has one."""
     if blob:
-        return codecs.decode(codec, store.blobs.get(blob, what), None, what=what)
+        return codecs.decode(codec, store.blobs.get(blob, what, checksum), None, what=what)
     return codecs.decode(codec, data, checksum, what=what)
