@@ -48,6 +48,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)
 	$(PY) bench/step_overhead.py
 	$(PY) bench/load_ext.py
+	$(PY) bench/large_outputs.py
 
 clean:
 	rm -rf $(VENV) .durablenb-demo build *.egg-info
