@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SERVER_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-embedded test-server lint bench clean venv browser
+.PHONY: demo test test-embedded test-server test-notebooks lint bench clean venv browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ browser:
 	fi
 
 # Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN).
-test: lint browser test-embedded test-server
+test: lint browser test-embedded test-server test-notebooks
 
 test-embedded: $(VENV)/.installed
 	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
@@ -43,6 +43,14 @@ test-server: $(VENV)/.installed
 	@$(PY) -c "import psycopg,sys; psycopg.connect('$(SERVER_DSN)', connect_timeout=5).close()" \
 	  || (echo "PostgreSQL is not reachable at $(SERVER_DSN); set SERVER_DSN" >&2; exit 1)
 	DURABLENB_TEST_DSN=$(SERVER_DSN) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Every notebook, run by nbval in a fresh kernel on a fresh embedded server.
+test-notebooks: $(VENV)/.installed
+	@home=$$(mktemp -d); \
+	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL -u DURABLENB_SCHEMA DURABLENB_HOME=$$home \
+	  $(PY) -m pytest -p no:cacheprovider --nbval-lax notebooks; rc=$$?; \
+	$(PY) -c "import sys, pathlib; from durablenb import server; server.stop(pathlib.Path(sys.argv[1]))" $$home; \
+	rm -rf $$home; exit $$rc
 
 bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)

