@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SERVER_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-embedded test-server test-notebooks lint bench clean venv browser
+.PHONY: demo test test-embedded test-server test-notebooks lint bench chaos clean venv browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test-notebooks: $(VENV)/.installed
 	  $(PY) -m pytest -p no:cacheprovider --nbval-lax notebooks; rc=$$?; \
 	$(PY) -c "import sys, pathlib; from durablenb import server; server.stop(pathlib.Path(sys.argv[1]))" $$home; \
 	rm -rf $$home; exit $$rc
+
+# The full kill matrix on both backends (the test suite runs a fixed-seed subset).
+chaos: $(VENV)/.installed
+	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m tests.chaos --trials 90 --kills 3 --seed 1
+	$(PY) -m tests.chaos --trials 90 --kills 3 --seed 1001 --dsn $(SERVER_DSN)
 
 bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import _faults
 from ..errors import UnserializableArgumentsError
 from ..store import StepRecord
 from . import events
@@ -198,6 +199,8 @@ def _drive(
         rec = _record(run.store, run.id, first + i, spec.name, spec.kind, spec.code_hash, ok, value,
                       attempts, started[i], time.time())  # fmt: skip
         winner = run.lease.record_step(rec)
+        if _faults.ACTIVE:
+            _faults.point("record.written")
         mark_finished(run, winner, winner is not rec)
         if winner is not rec or (ok and rec.status != "succeeded"):
             _store_result(i, lambda w=winner: replay(run.store, run.id, w), results, failures)

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from .. import codecs
+from .. import _faults, codecs
 from ..errors import (
     CodeChangedError,
     CorruptRecordError,
@@ -245,7 +245,12 @@ def attempt(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
         while True:
             attempts += 1
             try:
-                return True, spec.fn(*args, **kwargs), attempts
+                if _faults.ACTIVE:
+                    _faults.point("step.before")
+                value = spec.fn(*args, **kwargs)
+                if _faults.ACTIVE:
+                    _faults.point("step.after")
+                return True, value, attempts
             except Exception as exc:
                 if attempts <= spec.retries and isinstance(exc, spec.retry_on):
                     delay = spec.delay(attempts)
@@ -279,6 +284,8 @@ def call_step(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         rec = _record(run.store, run.id, pos, spec.name, spec.kind, code, ok, value, attempts, t0,
                       time.time())  # fmt: skip
         winner = run.lease.record_step(rec)
+        if _faults.ACTIVE:
+            _faults.point("record.written")
     finally:
         run.running.pop(pos, None)
     if events.listeners:
@@ -316,6 +323,8 @@ def run_transaction(
             with store.transaction() as conn:
                 token, tstep = _txn_conn.set(conn), _in_step.set(True)
                 try:
+                    if _faults.ACTIVE:
+                        _faults.point("step.before")
                     value = spec.fn(*args, **kwargs)
                 finally:
                     _txn_conn.reset(token)
@@ -329,6 +338,10 @@ def run_transaction(
                                                           rec.error_message), None  # fmt: skip
                 if not store.insert_step_in(conn, rec):
                     raise _Conflict
+                if _faults.ACTIVE:
+                    _faults.point("txn.before_commit")
+            if _faults.ACTIVE:
+                _faults.point("txn.after_commit")
             return True, value, None
         except _Conflict:
             assert run_id is not None and pos is not None
@@ -532,6 +545,8 @@ def execute(
                 lease.restart(runtime.executor_id(), spec.code_hash, None)
             else:
                 lease.mark_resumed(runtime.executor_id())
+        if _faults.ACTIVE:
+            _faults.point("workflow.begun")
         return _run_body(run, spec, args, kwargs)
     finally:
         lease.close()
@@ -591,6 +606,8 @@ def _body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[
         run.lease.finish(outcome)
         raise
     rec = _record(run.store, run.id, -1, spec.name, "workflow", None, True, value, 1, 0.0, 0.0)
+    if _faults.ACTIVE:
+        _faults.point("finish.before")
     if rec.status == "succeeded":
         run.lease.finish(Outcome("succeeded", output=rec.output, codec=rec.codec,
                                  checksum=rec.checksum, blob=rec.blob))  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from .. import _faults
 from ..errors import StoreUnavailableError
 from ._dsn import mask_dsn
 from ._migrate import latest_version, migrate
@@ -161,6 +162,8 @@ class Store:
         try:
             with self._guard():
                 _, _, unlocked = conn.execute(self._q.finish, params, prepare=True).fetchone()
+            if _faults.ACTIVE:
+                _faults.point("finish.after")
             if not unlocked:
                 conn.close()  # never pool a connection that may still hold a lock
         except BaseException:

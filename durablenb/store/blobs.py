@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .. import _faults
 from ..errors import CorruptRecordError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -37,9 +38,13 @@ class HashingWriter:
         self.crc = 0
         self.size = 0
         self.closed = False
+        self._half = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
+        if _faults.ACTIVE and not self._half and self.size >= 1 << 20:
+            self._half = True
+            _faults.point("blob.mid_write")
         self.raw.write(view)
         self.sha.update(view)
         self.crc = zlib.crc32(view, self.crc)
@@ -128,6 +133,8 @@ class FolderBlobs(BlobStore):
             with open(tmp, "wb", buffering=0) as raw:
                 w = HashingWriter(raw)
                 produce(w)
+                if _faults.ACTIVE:
+                    _faults.point("blob.before_commit")
                 os.fsync(raw.fileno())
             ref = w.ref
             final = self._path(ref)
@@ -209,6 +216,8 @@ class PostgresBlobs(BlobStore):
                     while chunk := tmp.read(CHUNK):
                         cp.write_row((ref, seq, chunk))
                         seq += 1
+                if _faults.ACTIVE:
+                    _faults.point("blob.before_commit")
                 conn.execute(
                     f"INSERT INTO {self.s}.blob_objects (ref, size, chunks) VALUES (%s, %s, %s)",
                     [ref, size, seq],
