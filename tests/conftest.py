@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -139,3 +140,47 @@ def run_child(tmp_path: Path, effects: Effects, schema: str):
         return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+class Database:
+    """Stops and starts the database the tests run on (a real server restart)."""
+
+    def __init__(self) -> None:
+        self.kind = _KIND
+
+    def _cluster(self, action: str) -> None:
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
+                       + (["-m", "fast"] if action == "stop" else []), check=True,
+                       capture_output=True)  # fmt: skip
+
+    def stop(self) -> None:
+        if _HOME is not None:
+            server.stop(_HOME)
+        else:
+            self._cluster("stop")
+
+    def start(self) -> None:
+        if _HOME is not None:
+            server.start(_HOME)
+        else:
+            try:
+                psycopg.connect(_DSN, connect_timeout=2).close()
+                return  # running already
+            except psycopg.OperationalError:
+                self._cluster("start")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(_DSN, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "the database did not come back"
+                time.sleep(0.2)
+
+
+@pytest.fixture
+def database():
+    db = Database()
+    yield db
+    db.start()  # whatever a test did, leave the database running

@@ -317,6 +317,7 @@ def run_transaction(
     """
     attempts = 0
     t0 = time.time()
+    deadline = time.monotonic() + store.retry_seconds
     while True:
         attempts += 1
         try:
@@ -346,6 +347,13 @@ def run_transaction(
         except _Conflict:
             assert run_id is not None and pos is not None
             return True, None, store.get_step(run_id, pos)
+        except StoreUnavailableError:
+            # Rolled back with the connection, or committed with its record (then the retry
+            # meets that record and rolls back): running the body again is safe.
+            if run_id is None or time.monotonic() >= deadline:
+                raise
+            store._putconn(store.wait_for_connection(deadline))
+            continue
         except NOT_RECORDED:
             raise
         except Exception as exc:

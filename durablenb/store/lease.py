@@ -6,15 +6,19 @@ a crashed kernel's lock vanishes with its connection and the workflow is free to
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from ..errors import StoreUnavailableError, WorkflowBusyError
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
 
 if TYPE_CHECKING:
     from . import Store
+
+logger = logging.getLogger("durablenb")
 
 
 class Lease:
@@ -94,12 +98,48 @@ class Lease:
 
     # -- writing ---------------------------------------------------------------------------
     def record_step(self, rec: StepRecord) -> StepRecord:
-        """Write *rec*; if a record already holds that position, that one wins and is returned."""
+        """Write *rec*; if a record already holds that position, that one wins and is returned.
+
+        When the database goes away the write is retried with backoff on a new connection
+        (the workflow's lock is taken again first) for up to `Store.retry_seconds`; then
+        `StoreUnavailableError` leaves the workflow resumable.
+        """
+        return self._retrying(lambda: self._record_step(rec))
+
+    def _record_step(self, rec: StepRecord) -> StepRecord:
         with self.store._guard():
             cur = self._c.execute(self.q.insert_step, self.store.step_params(rec), prepare=True)
             if cur.fetchone() is not None:
                 return rec
             return self.store.get_step(self.workflow_id, rec.position, conn=self._c) or rec
+
+    def _retrying(self, op: Any) -> Any:
+        deadline = time.monotonic() + self.store.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return op()
+            except StoreUnavailableError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("the store went away while %s ran; retrying in %.2fs",
+                               self.workflow_id, delay)  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                self._reconnect(deadline)
+
+    def _reconnect(self, deadline: float) -> None:
+        """A fresh connection holding the workflow's lock again (the old one died)."""
+        old, self.conn = self.conn, None
+        if old is not None:
+            self.store._discard(old)
+        conn = self.store.wait_for_connection(deadline)
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()[0]
+        if not got:  # another executor took the workflow over while the database was away
+            self.store._putconn(conn)
+            self.locked = False
+            raise WorkflowBusyError(self.workflow_id)
+        self.conn, self.locked = conn, True
 
     def mark_resumed(self, executor: str) -> None:
         """Note that a new executor picked the workflow up."""
