@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptRecordError, RecordedError
+from . import _signing
 
 __all__ = [
     "Encoded",
@@ -144,6 +145,9 @@ def encode(value: Any, codec: str | None = None) -> Encoded:
                 f"cannot encode a value of type {type(value).__module__}."
                 f"{type(value).__qualname__}: {exc or first}"
             ) from exc
+    key = _signing.secret()
+    if key is not None:
+        codec = f"{codec};sig={_signing.tag(data, key)}"
     return Encoded(codec, data, zlib.crc32(data))
 
 
@@ -161,12 +165,28 @@ def decode(
             f"the recorded {what} fails its checksum ({len(memoryview(data))} bytes, codec "
             f"{codec}); the record was altered or damaged"
         )
+    codec, _, signature = codec.partition(";sig=")
+    base, _, compression = codec.partition("+")
     try:
-        base, _, compression = codec.partition("+")
         if compression:
             from . import _columnar
 
             data = _columnar.decompress(data, compression)
+    except Exception as exc:
+        raise CorruptRecordError(f"the recorded {what} cannot be decompressed ({codec}): {exc}") from exc
+    if base in (PICKLE, CLOUDPICKLE):
+        key = _signing.secret()
+        if key is not None and not signature:
+            raise CorruptRecordError(
+                f"the recorded {what} is an unsigned pickle and DURABLENB_SECRET is set: refused "
+                "(it was written without the secret, or by someone else)"
+            )
+        if key is not None and not _signing.valid(data, signature, key):
+            raise CorruptRecordError(
+                f"the recorded {what} fails its signature: refused (altered, or signed with "
+                "another DURABLENB_SECRET)"
+            )
+    try:
         if base == JSON:
             return json.loads(bytes(data))
         if base in (PICKLE, CLOUDPICKLE):
@@ -249,6 +269,9 @@ def encode_exception(exc: BaseException) -> EncodedError:
         except TypeError:
             state = {}
         data = _try_pickle((_EXC_STATE, type(exc), tuple(exc.args), state))
+    key = _signing.secret()
+    if data is not None and key is not None:
+        data = _signing.MAGIC + bytes.fromhex(_signing.tag(data, key)) + data
     return EncodedError(data, _type_name(exc), str(exc), tb)
 
 
@@ -257,8 +280,18 @@ def decode_exception(
 ) -> BaseException:
     """Rebuild a recorded exception, or a `RecordedError` naming its type when that fails."""
     if data is not None:
+        data = bytes(data)
+        key = _signing.secret()
+        if data.startswith(_signing.MAGIC):
+            n = len(_signing.MAGIC)
+            sig, data = data[n : n + 32].hex(), data[n + 32 :]
+            if key is not None and not _signing.valid(data, sig, key):
+                data = None  # tampered: never unpickle it
+        elif key is not None:
+            data = None  # unsigned while signing is on: refused
+    if data is not None:
         try:
-            exc = pickle.loads(bytes(data))
+            exc = pickle.loads(data)
             if isinstance(exc, tuple) and exc and exc[0] == _EXC_STATE:
                 exc = _rebuild_exception(*exc[1:])
             if isinstance(exc, BaseException):

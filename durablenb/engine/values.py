@@ -54,7 +54,8 @@ def _compressed(enc: codecs.Encoded, sink: Any, compression: str) -> str:
 
     with pa.CompressedOutputStream(pa.PythonFile(sink, mode="w"), compression) as out:
         out.write(enc.data)
-    return f"{enc.codec}+{compression}"
+    codec, sep, signature = enc.codec.partition(";sig=")
+    return f"{codec}+{compression}{sep}{signature}"
 
 
 def decode_value(

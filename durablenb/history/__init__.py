@@ -94,6 +94,9 @@ def steps(workflow_id: str) -> pd.DataFrame:
     returned the record) or ``running`` (executing now in this process; no record yet).
     """
     cols, rows = runtime.store().query_steps(workflow_id)
+    ci = cols.index("codec")
+    rows = [r[:ci] + ((r[ci].split(";sig=")[0] + " (signed)" if r[ci] and ";sig=" in r[ci]
+                       else r[ci]),) + r[ci + 1 :] for r in rows]  # fmt: skip
     rows = rows + _running_rows(workflow_id, cols, {r[1] for r in rows})
     rows.sort(key=lambda r: r[1])
     df = _frame(cols, rows, _STEP_DTYPES)
