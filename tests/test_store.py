@@ -140,3 +140,34 @@ def test_an_older_schema_is_migrated_in_place(dsn, sql):
         assert row == (True,)
     finally:
         sql.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def test_a_closed_store_is_a_clear_error(schema, dsn):
+    store = Store(dsn, schema=schema)
+    store.close()
+    with pytest.raises(dnb.StoreUnavailableError, match="was closed"):
+        store.lease("x")
+    with pytest.raises(dnb.StoreUnavailableError, match="was closed"):
+        store.get_workflow("x")
+
+
+def test_an_enormous_output_goes_through_the_blob_path(schema):
+    import numpy as np
+
+    big = np.arange(40_000_000, dtype=np.int64)  # 320 MB
+
+    @dnb.step
+    def huge():
+        return big
+
+    @dnb.workflow
+    def wf():
+        return int(huge()[-1])
+
+    assert wf() == 39_999_999
+    st = dnb.steps(wf.id_for())
+    assert st.loc[0, "codec"].startswith("npy") and st.loc[0, "output_bytes"] >= 320_000_000
+    from durablenb.engine.replay import replay
+
+    back = replay(runtime.store(), wf.id_for(), runtime.store().get_step(wf.id_for(), 0))
+    assert back.shape == big.shape and back[-1] == big[-1] and back.dtype == big.dtype

@@ -260,6 +260,11 @@ class Store:
     def _guard(self) -> Iterator[None]:
         try:
             yield
+        except psycopg_pool.PoolClosed as exc:
+            raise StoreUnavailableError(
+                f"this durablenb store ({self.masked_dsn!r}) was closed; dnb.connect() opens a new one",
+                dsn=self.masked_dsn,
+            ) from exc
         except psycopg_pool.PoolTimeout as exc:
             raise StoreUnavailableError(
                 f"no free connection to the durablenb store at {self.masked_dsn!r} within "
