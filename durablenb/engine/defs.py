@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -176,12 +175,3 @@ class Workflow(_Durable):
 
         return default_workflow_id(self.name, args_digest(args, kwargs))
 
-
-def ensure_picklable(obj: Any) -> None:
-    """Raise if *obj* cannot travel to another process."""
-    try:
-        import cloudpickle
-
-        cloudpickle.dumps(obj)
-    except Exception as exc:  # pragma: no cover - message path
-        raise pickle.PicklingError(str(exc)) from exc

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from typing import Any
 
 import pandas as pd
 from IPython.core.error import UsageError
 
-from .. import __version__, api, history, server
+from .. import __version__, _durations, api, history, server
 from ..engine import runtime
 from ..errors import WorkflowNotFoundError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``."""
-    m = _DURATION.match(text or "")
-    if not m:
-        raise UsageError(f"cannot read the duration {text!r}: use for example 90s, 30m, 12h, 7d, 2w")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``; `UsageError` otherwise."""
+    try:
+        return _durations.parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _one_id(args: list[str], verb: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -116,4 +116,3 @@ class Outcome:
     error_message: str | None = None
     error_traceback: str | None = None
     blob: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,92 @@
+"""``durablenb`` / ``python -m durablenb``: the management verbs from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from . import __version__, api, history, widgets
+from ._durations import parse_duration
+from .engine import runtime
+from .errors import DurableError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="durablenb",
+        description="Inspect and manage durable workflows. The store is $DURABLENB_DATABASE_URL, "
+        "else the embedded server under $DURABLENB_HOME; --dsn overrides.",
+    )
+    p.add_argument("--version", action="version", version=f"durablenb {__version__}")
+    p.add_argument("--dsn", help="a PostgreSQL URL")
+    p.add_argument("--schema", help="the schema holding the records (default durablenb)")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="workflows, newest first")
+    ls.add_argument("--status", help="statuses, comma-separated")
+    ls.add_argument("--name")
+    ls.add_argument("--limit", type=int, default=50)
+    for verb, text in [("steps", "the steps of a workflow"), ("timeline", "a workflow's timeline"),
+                       ("resume", "run a workflow again from its records and wait for it"),
+                       ("cancel", "cancel a running workflow"),
+                       ("forget", "delete a workflow's records")]:  # fmt: skip
+        sub.add_parser(verb, help=text).add_argument("workflow_id")
+    fk = sub.add_parser("fork", help="run a copy that reuses the records before a step")
+    fk.add_argument("workflow_id")
+    fk.add_argument("--from-step", type=int, required=True)
+    sub.add_parser("recover", help="resume every interrupted workflow defined in this process")
+    sub.add_parser("info", help="where the records are, and how many")
+    gc = sub.add_parser("gc", help="delete finished workflows older than an age")
+    gc.add_argument("--older-than", required=True, help="90s, 30m, 12h, 7d, 2w")
+    return p
+
+
+def _show(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(df.to_string(index=False) if len(df) else "(none)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; returns the exit status (1 with a clear message on a durablenb error)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.dsn or args.schema:
+            api.connect(args.dsn, schema=args.schema)
+        cmd = args.command
+        if cmd == "list":
+            status = args.status.split(",") if args.status else None
+            df = history.workflows(status=status, name=args.name, limit=args.limit)
+            _show(df[["workflow_id", "name", "status", "steps", "created_at", "duration", "error_type"]])
+        elif cmd == "steps":
+            _show(history.steps(args.workflow_id)[["position", "name", "kind", "status", "duration",
+                                                    "attempts", "output_bytes", "error_type"]])  # fmt: skip
+        elif cmd == "timeline":
+            print(widgets.timeline_text(args.workflow_id))
+        elif cmd == "resume":
+            print(api.resume(args.workflow_id).result())
+        elif cmd == "cancel":
+            print("cancelled" if api.cancel(args.workflow_id) else "not running")
+        elif cmd == "forget":
+            print(f"{api.forget(args.workflow_id)} workflow record(s) removed")
+        elif cmd == "fork":
+            h = api.fork(args.workflow_id, from_step=args.from_step)
+            print(h.workflow_id, h.result())
+        elif cmd == "recover":
+            handles = api.recover()
+            for h in handles:
+                print(h.workflow_id, h.result())
+            if not handles:
+                print("nothing to recover in this process")
+        elif cmd == "info":
+            store = runtime.store()
+            print(f"store:   {store.masked_dsn}\nschema:  {store.schema} (version {store.schema_version})")
+            counts = store.status_counts()
+            print("records: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+        elif cmd == "gc":
+            print(f"{api.gc(parse_duration(args.older_than))} workflow record(s) removed")
+    except (DurableError, ValueError) as exc:
+        print(f"durablenb: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,216 @@
+"""Store methods for managing workflows and querying the history (mixed into `Store`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .records import WORKFLOW_COLUMNS, WorkflowRow
+
+CANCEL_CHANNEL = "durablenb_cancel"
+
+
+class AdminMixin:
+    """Workflow management and history queries; needs the attributes `Store` sets."""
+
+    qschema: str
+    schema: str
+
+    # -- workflows -------------------------------------------------------------------------
+    def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        """The record of *workflow_id*, if any."""
+        self.flush()
+        with self.connection() as conn:
+            row = conn.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s",
+                [workflow_id],
+                binary=True,
+            ).fetchone()
+        return WorkflowRow.from_row(row) if row else None
+
+    def held_keys(self) -> set[int]:
+        """Advisory lock keys held right now by any session on this database."""
+        self.flush()
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                "WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall()
+        out = set()
+        for (k,) in rows:
+            out.add(k - (1 << 64) if k >= (1 << 63) else k)
+        return out
+
+    def running(self) -> list[WorkflowRow]:
+        """Workflows recorded as running (live elsewhere, or interrupted)."""
+        self.flush()
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows "
+                "WHERE status = 'running' ORDER BY created_at",
+                binary=True,
+            ).fetchall()
+        return [WorkflowRow.from_row(r) for r in rows]
+
+    def is_held(self, workflow_id: str) -> bool:
+        """True while some executor holds *workflow_id*."""
+        return self.lock_key(workflow_id) in self.held_keys()
+
+    def cancel(self, workflow_id: str) -> bool:
+        """Mark *workflow_id* (and its derived children) cancelled; tell its executor."""
+        self.flush()
+        s = self.qschema
+        with self.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                f"UPDATE {s}.workflows SET status = 'cancelled', updated_at = clock_timestamp(), "
+                "finished_at = clock_timestamp() WHERE status = 'running' "
+                "AND (id = %s OR left(id, %s) = %s) RETURNING id",
+                [workflow_id, len(workflow_id) + 1, workflow_id + "/"],
+            ).fetchall()
+            for (wid,) in rows:
+                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}|{wid}"])
+        return bool(rows)
+
+    def reopen(self, workflow_id: str) -> None:
+        """Make a cancelled or failed workflow runnable again, dropping recorded step failures."""
+        s = self.qschema
+        with self.connection() as conn, conn.transaction():
+            conn.execute(
+                f"UPDATE {s}.workflows SET status = 'running', error = NULL, error_type = NULL, "
+                "error_message = NULL, error_traceback = NULL, finished_at = NULL, "
+                "updated_at = clock_timestamp() "
+                "WHERE id = %s AND status IN ('cancelled', 'failed')",
+                [workflow_id],
+            )
+            conn.execute(
+                f"DELETE FROM {s}.steps WHERE workflow_id = %s AND status = 'failed'", [workflow_id]
+            )
+        self.clear_cancelled(workflow_id)
+
+    def _forget_txn(self, conn: psycopg.Connection, workflow_id: str) -> int:
+        cur = conn.execute(
+            f"DELETE FROM {self.qschema}.workflows WHERE id = %s OR left(id, %s) = %s "
+            "OR left(id, %s) = %s",
+            [workflow_id, len(workflow_id) + 1, workflow_id + "/", len(workflow_id) + 1,
+             workflow_id + "~"],
+        )  # fmt: skip
+        return cur.rowcount
+
+    def forget(self, workflow_id: str) -> int:
+        """Delete *workflow_id*, its derived children and archived runs; returns rows removed."""
+        self.flush()
+        with self.connection() as conn, conn.transaction():
+            return self._forget_txn(conn, workflow_id)
+
+    def forget_older_than(self, seconds: float) -> int:
+        """Delete finished top-level workflows last updated more than *seconds* ago."""
+        with self.connection() as conn, conn.transaction():
+            ids = conn.execute(
+                f"SELECT id FROM {self.qschema}.workflows WHERE parent_id IS NULL "
+                "AND status <> 'running' AND updated_at < clock_timestamp() - make_interval(secs => %s)",
+                [seconds],
+            ).fetchall()
+            return sum(self._forget_txn(conn, wid) for (wid,) in ids)
+
+    def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
+        """Overwrite the code hash recorded for steps at *positions*; returns how many."""
+        self.flush()
+        with self.connection() as conn:
+            cur = conn.execute(
+                f"UPDATE {self.qschema}.steps SET code_hash = %s "
+                "WHERE workflow_id = %s AND position = ANY(%s)",
+                [code_hash, workflow_id, list(positions)],
+            )
+            return cur.rowcount
+
+    def status_counts(self) -> dict[str, int]:
+        """How many workflows are recorded in each status."""
+        self.flush()
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT status, count(*) FROM {self.qschema}.workflows GROUP BY status"
+            ).fetchall()
+        return {k: int(v) for k, v in rows}
+
+    def recent_ids(self, prefix: str = "", limit: int = 200) -> list[str]:
+        """Ids of the most recently updated workflows starting with *prefix*."""
+        with self.connection() as conn:
+            rows = conn.execute(
+                f"SELECT id FROM {self.qschema}.workflows WHERE left(id, %s) = %s "
+                "ORDER BY updated_at DESC LIMIT %s",
+                [len(prefix), prefix, limit],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- queries for history ---------------------------------------------------------------
+    def query_workflows(
+        self,
+        status: str | list[str] | None = None,
+        name: str | None = None,
+        since: Any = None,
+        limit: int | None = 100,
+        until: Any = None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Workflow rows with step counts, newest first: ``(columns, rows)``."""
+        self.flush()
+        s = self.qschema
+        where, params = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append("w.status = ANY(%s)")
+            params.append(statuses)
+        if name is not None:
+            where.append("w.name = %s")
+            params.append(name)
+        if since is not None:
+            where.append("w.created_at >= %s")
+            params.append(since)
+        if until is not None:
+            where.append("w.created_at < %s")
+            params.append(until)
+        sql_where = ("WHERE " + " AND ".join(where)) if where else ""
+        sql_limit = ""
+        if limit is not None:
+            sql_limit = "LIMIT %s"
+            params.append(int(limit))
+        q = (
+            "SELECT w.id, w.name, w.status, w.created_at, w.updated_at, w.finished_at, "
+            "w.executor, w.runs, w.parent_id, w.forked_from, w.error_type, w.error_message, "
+            "coalesce(c.n, 0), coalesce(c.failed, 0) "
+            f"FROM {s}.workflows w LEFT JOIN LATERAL (SELECT count(*) AS n, "
+            "count(*) FILTER (WHERE st.status = 'failed') AS failed "
+            f"FROM {s}.steps st WHERE st.workflow_id = w.id) c ON true "
+            f"{sql_where} ORDER BY w.created_at DESC, w.id {sql_limit}"
+        )
+        cols = [
+            "workflow_id", "name", "status", "created_at", "updated_at", "finished_at",
+            "executor", "runs", "parent_id", "forked_from", "error_type", "error_message",
+            "steps", "failed_steps",
+        ]  # fmt: skip
+        with self.connection() as conn:
+            rows = conn.execute(q, params).fetchall()
+        return cols, rows
+
+    def query_steps(self, workflow_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
+        self.flush()
+        q = (
+            "SELECT s.workflow_id, s.position, s.name, s.kind, "
+            "CASE WHEN s.status = 'failed' THEN 'failed' "
+            "WHEN s.finished_at < w.run_started_at THEN 'replayed' "
+            "WHEN s.attempts > 1 THEN 'retried' ELSE 'succeeded' END, "
+            "s.started_at, s.finished_at, s.attempts, s.output_bytes, s.codec, s.error_type, "
+            "s.error_message, s.child_id, s.code_hash "
+            f"FROM {self.qschema}.steps s JOIN {self.qschema}.workflows w ON w.id = s.workflow_id "
+            "WHERE s.workflow_id = %s ORDER BY s.position"
+        )
+        cols = [
+            "workflow_id", "position", "name", "kind", "status", "started_at", "finished_at",
+            "attempts", "output_bytes", "codec", "error_type", "error_message", "child_id",
+            "code_hash",
+        ]  # fmt: skip
+        with self.connection() as conn:
+            rows = conn.execute(q, [workflow_id]).fetchall()
+        return cols, rows
