@@ -131,24 +131,27 @@ def encode(value: Any, codec: str | None = None) -> Encoded:
         used = write(value, codec, sink)
         data = sink.getvalue()
         return Encoded(used, data, zlib.crc32(data))
+    codec, data = pickled(value)
+    key = _signing.secret()
+    if key is not None:
+        codec = f"{codec};sig={_signing.tag(data, key)}"
+    return Encoded(codec, data, zlib.crc32(data))
+
+
+def pickled(value: Any) -> tuple[str, bytes]:
+    """``(codec, bytes)``: pickle protocol 5, or cloudpickle for what pickle refuses."""
     try:
-        data = pickle.dumps(value, protocol=5)
-        codec = PICKLE
+        return PICKLE, pickle.dumps(value, protocol=5)
     except Exception as first:
         try:
             import cloudpickle
 
-            data = cloudpickle.dumps(value, protocol=5)
-            codec = CLOUDPICKLE
+            return CLOUDPICKLE, cloudpickle.dumps(value, protocol=5)
         except Exception as exc:
             raise EncodingError(
                 f"cannot encode a value of type {type(value).__module__}."
                 f"{type(value).__qualname__}: {exc or first}"
             ) from exc
-    key = _signing.secret()
-    if key is not None:
-        codec = f"{codec};sig={_signing.tag(data, key)}"
-    return Encoded(codec, data, zlib.crc32(data))
 
 
 def decode(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 from typing import Any
 
 KIND = b"durablenb.kind"
@@ -157,7 +156,7 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
     """Stream *value* into *sink* with *codec*; returns the codec name to record."""
     import pyarrow as pa
 
-    from . import CLOUDPICKLE, PICKLE, EncodingError
+    from . import EncodingError, pickled
 
     if codec == "arrow":
         import pyarrow.ipc as ipc
@@ -182,20 +181,7 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
             np.lib.format.write_array(stream, value, allow_pickle=False)
             used = "npy"
         else:
-            try:
-                data = pickle.dumps(value, protocol=5)
-                used = PICKLE
-            except Exception as first:
-                try:
-                    import cloudpickle
-
-                    data = cloudpickle.dumps(value, protocol=5)
-                    used = CLOUDPICKLE
-                except Exception as exc:
-                    raise EncodingError(
-                        f"cannot encode a value of type {type(value).__module__}."
-                        f"{type(value).__qualname__}: {exc or first}"
-                    ) from exc
+            used, data = pickled(value)
             stream.write(data)
     finally:
         if out is not None:
