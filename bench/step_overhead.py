@@ -34,6 +34,24 @@ def median_us(samples: list[float], per: int) -> float:
     return statistics.median(samples) / per * 1e6
 
 
+def time_workflows(many, one, n_steps: int, n_wf: int, rounds: int) -> tuple[float, float]:
+    """µs per step of *many* (an n-step workflow) and per call of *one* (a one-step workflow),
+    medians over *rounds*, after a warm-up; the same loop for every system."""
+    many(10, "warm")
+    for i in range(20):
+        one(-i - 1)
+    step_samples, wf_samples = [], []
+    for r in range(rounds):
+        t = time.perf_counter()
+        many(n_steps, r)
+        step_samples.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(n_wf):
+            one(r * n_wf + i)
+        wf_samples.append(time.perf_counter() - t)
+    return median_us(step_samples, n_steps), median_us(wf_samples, n_wf)
+
+
 def bench_floor(dsn: str, n: int, rounds: int) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_floor")
@@ -69,24 +87,13 @@ def bench_durablenb(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[flo
     def one(tag):
         return tiny(tag)
 
-    many(10, "warm")
-    for i in range(20):
-        one(-i - 1)
-    step_samples, wf_samples = [], []
-    for r in range(rounds):
-        t = time.perf_counter()
-        many(n_steps, r)
-        step_samples.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(n_wf):
-            one(r * n_wf + i)
-        wf_samples.append(time.perf_counter() - t)
+    result = time_workflows(many, one, n_steps, n_wf, rounds)
     from durablenb.engine import runtime
 
     runtime.disconnect()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    return median_us(step_samples, n_steps), median_us(wf_samples, n_wf)
+    return result
 
 
 def bench_dbos(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[float, float] | None:
@@ -119,20 +126,9 @@ def bench_dbos(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[float, f
                  "run_admin_server": False, "log_level": "WARNING"})  # fmt: skip
     DBOS.launch()
     logging.getLogger("dbos").setLevel(logging.WARNING)
-    many(10, "warm")
-    for i in range(20):
-        one(-i - 1)
-    step_samples, wf_samples = [], []
-    for r in range(rounds):
-        t = time.perf_counter()
-        many(n_steps, r)
-        step_samples.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(n_wf):
-            one(r * n_wf + i)
-        wf_samples.append(time.perf_counter() - t)
+    result = time_workflows(many, one, n_steps, n_wf, rounds)
     DBOS.destroy(destroy_registry=True)
-    return median_us(step_samples, n_steps), median_us(wf_samples, n_wf)
+    return result
 
 
 def main() -> int:
