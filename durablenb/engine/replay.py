@@ -561,16 +561,18 @@ def execute(
         store.clear_cancelled(wid)
 
 
+def step_code_changed(name: str, recorded: str | None) -> bool | None:
+    """Whether step *name*'s definition in this process has other code than *recorded*;
+    None when that cannot be told (no hash recorded, or the step is not defined here)."""
+    current = runtime.registered_step(name)
+    if recorded is None or current is None:
+        return None
+    return current.code_hash != recorded
+
+
 def _edited_steps(records: dict[int, StepRecord]) -> list[str]:
     """Names of recorded steps whose current definition in this process has other code."""
-    out = []
-    for rec in records.values():
-        if rec.code_hash is None:
-            continue
-        current_def = runtime.registered_step(rec.name)
-        if current_def is not None and current_def.code_hash != rec.code_hash:
-            out.append(rec.name)
-    return out
+    return [rec.name for rec in records.values() if step_code_changed(rec.name, rec.code_hash)]
 
 
 def _run_body(run: WorkflowRun, spec: Workflow, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

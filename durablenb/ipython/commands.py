@@ -10,6 +10,7 @@ from IPython.core.error import UsageError
 
 from .. import __version__, _durations, api, history, server
 from ..engine import runtime
+from ..engine.replay import step_code_changed
 from ..errors import WorkflowNotFoundError
 
 
@@ -149,7 +150,6 @@ def diff_frame(wid: str) -> pd.DataFrame:
     verdicts, reasons = [], []
     invalid_from = None
     for _, s in steps.iterrows():
-        current = runtime.registered_step(s["name"])
         recorded = s["code_hash"] if isinstance(s["code_hash"], str) else None
         if invalid_from is not None:
             verdicts.append("re-run")
@@ -159,10 +159,10 @@ def diff_frame(wid: str) -> pd.DataFrame:
             invalid_from = s["position"]
             verdicts.append("re-run")
             reasons.append("marked with %durable refresh")
-        elif current is None or recorded is None:
+        elif (changed := step_code_changed(s["name"], recorded)) is None:
             verdicts.append("reuse")
-            reasons.append("not defined in this kernel" if current is None and recorded else "recorded value")
-        elif current.code_hash != recorded:
+            reasons.append("not defined in this kernel" if recorded else "recorded value")
+        elif changed:
             invalid_from = s["position"]
             verdicts.append("re-run")
             reasons.append("its code changed")
