@@ -237,3 +237,17 @@ def test_replayed_error_traceback_ends_at_a_label(shell, capsys):
     text = err.out + err.err
     assert "recorded error of workflow" in text
     assert runtime.registered("fails") is not None
+
+
+def test_map_on_processes_from_a_notebook(shell):
+    shell.run("""
+import durablenb as dnb
+
+def cube(x):
+    return x ** 3
+
+@dnb.workflow
+def cubes():
+    return dnb.map(cube, [1, 2, 3], workers=2, processes=True)
+""")
+    assert shell.run("cubes()") == [1, 8, 27]

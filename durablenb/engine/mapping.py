@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextvars
 import multiprocessing
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -121,6 +122,11 @@ def _run_pending(
     started: dict[int, float] = {}
     is_txn = isinstance(spec, Transaction)
     if use_processes:
+        # IPython and Jupyter kernels replace __main__ with a module that has no __spec__,
+        # which spawn reads; the workers need nothing from __main__ (items are cloudpickled).
+        main = sys.modules.get("__main__")
+        if main is not None and not hasattr(main, "__spec__"):
+            main.__spec__ = None
         pool: cf.Executor = cf.ProcessPoolExecutor(
             max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")
         )
