@@ -24,6 +24,7 @@ from .api import (
     fork,
     gc,
     now,
+    output,
     random,
     recover,
     resume,
@@ -38,10 +39,14 @@ from .errors import (
     CodeChangedError,
     CorruptRecordError,
     DurableError,
+    DurableUsageError,
+    InvalidIdError,
     NonDeterministicWorkflowError,
     RecordedError,
     SchemaVersionError,
+    StorageError,
     StoreUnavailableError,
+    UnhashableArgumentsError,
     UnserializableArgumentsError,
     UnserializableError,
     UnserializableOutputError,
@@ -73,24 +78,13 @@ def unload_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "workflow", "step", "transaction", "workflow_id", "connection", "connect", "start",
-    "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "timeline", "resume",
+    "retrieve", "map", "sleep", "now", "random", "workflows", "steps", "timeline", "output", "resume",
     "cancel",
     "fork", "forget", "recover", "gc", "Step", "Transaction", "Workflow", "WorkflowHandle",
     "DurableError", "StoreUnavailableError", "SchemaVersionError", "CorruptRecordError",
     "NonDeterministicWorkflowError", "CodeChangedError", "WorkflowBusyError",
     "WorkflowCancelledError", "WorkflowConflictError", "WorkflowNotFoundError",
     "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
-    "UnserializableOutputError", "RecordedError",
+    "UnserializableOutputError", "RecordedError", "DurableUsageError", "InvalidIdError",
+    "StorageError", "UnhashableArgumentsError",
 ]  # fmt: skip
-
-
-def _enable_timelines_in_kernels() -> None:
-    import sys
-
-    if "ipykernel" in sys.modules:
-        from .widgets import live
-
-        live.enable()
-
-
-_enable_timelines_in_kernels()

@@ -2,8 +2,9 @@
 
 ``DURABLENB_FAULT=phase@n`` kills this process with SIGKILL (no cleanup, no atexit) the
 n-th time execution reaches `point(phase)`. ``DURABLENB_FAULT_COUNT=file`` instead appends
-every point reached to *file*, to list the kill points a workflow offers. With neither
-set, `ACTIVE` is False and callers skip the call entirely.
+every point reached to *file*, to list the kill points a workflow offers. Both are read by
+`connect()` (see `durablenb.settings`); with neither set, `ACTIVE` is False and callers
+skip the call entirely.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ import os
 import signal
 import threading
 
-_spec = os.environ.get("DURABLENB_FAULT", "")
-_count_file = os.environ.get("DURABLENB_FAULT_COUNT", "")
-_phase, _, _nth = _spec.partition("@")
-_target = int(_nth) if _nth.isdigit() else 0
+_phase = ""
+_target = 0
+_count_file = ""
 _seen = 0
 _lock = threading.Lock()
 
-ACTIVE = bool((_phase and _target) or _count_file)
+ACTIVE = False
+
+
+def configure(fault: str, count_file: str) -> None:
+    """Arm the kill point *fault* (``phase@n``) or the counting file *count_file*."""
+    global _phase, _target, _count_file, _seen, ACTIVE
+    phase, _, nth = fault.partition("@")
+    _phase, _target, _count_file, _seen = phase, int(nth) if nth.isdigit() else 0, count_file, 0
+    ACTIVE = bool((_phase and _target) or _count_file)
 
 PHASES = (
     "workflow.begun",      # the workflow row is written and locked, the body not started
@@ -32,6 +40,7 @@ PHASES = (
     "blob.before_commit",  # a blob is written, not yet fsync'd and renamed (or committed)
     "finish.before",       # the workflow returned; its end is not recorded yet
     "finish.after",        # the workflow's end was committed
+    "return.after",        # the workflow call returned to its caller
 )
 
 

@@ -4,6 +4,7 @@ Every error a user can meet derives from `DurableError`::
 
     DurableError
     ├── StoreUnavailableError          the database cannot be reached (DSN shown, password masked)
+    ├── StorageError                   the blob store cannot be written or read (disk full, access)
     ├── SchemaVersionError             the database holds a newer durablenb schema than this code
     ├── CorruptRecordError             a stored record fails its checksum or cannot be decoded
     ├── NonDeterministicWorkflowError  a replay met another step than the one recorded there
@@ -13,17 +14,25 @@ Every error a user can meet derives from `DurableError`::
     ├── WorkflowConflictError          an explicit id is reused with another workflow or arguments
     ├── WorkflowNotFoundError          no workflow with that id is recorded
     ├── WorkflowNotRegisteredError     the workflow's function is not defined in this process
+    ├── DurableUsageError              a durable function used where its guarantee cannot hold
+    ├── InvalidIdError                 an id or name PostgreSQL cannot store (also a `ValueError`)
     ├── UnserializableError            a value cannot be encoded (also a `TypeError`)
     │   ├── UnserializableArgumentsError   arguments of a workflow or step
+    │   │   └── UnhashableArgumentsError   arguments with no identity equal in every process
     │   └── UnserializableOutputError      the output of a step or workflow
     └── RecordedError                  a recorded exception that cannot be rebuilt as its own type
+
+Every error pickles with its fields (errors cross process pools and cluster workers).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DurableError",
     "StoreUnavailableError",
+    "StorageError",
     "SchemaVersionError",
     "CorruptRecordError",
     "NonDeterministicWorkflowError",
@@ -33,23 +42,51 @@ __all__ = [
     "WorkflowConflictError",
     "WorkflowNotFoundError",
     "WorkflowNotRegisteredError",
+    "DurableUsageError",
+    "InvalidIdError",
     "UnserializableError",
     "UnserializableArgumentsError",
+    "UnhashableArgumentsError",
     "UnserializableOutputError",
     "RecordedError",
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class DurableError(Exception):
     """Root of every error raised by durablenb."""
 
+    def __reduce__(self) -> Any:
+        # Rebuilt without calling __init__, so subclasses whose __init__ formats a message
+        # from fields come back with the same message and fields.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
 
 class StoreUnavailableError(DurableError):
-    """The PostgreSQL store cannot be reached or stopped answering."""
+    """The PostgreSQL store cannot be reached, stopped answering, or failed a statement of its
+    own (*sqlstate* then says which: a full disk on the server, a damaged schema)."""
 
-    def __init__(self, message: str, dsn: str | None = None) -> None:
+    def __init__(self, message: str, dsn: str | None = None, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.dsn = dsn
+        self.sqlstate = sqlstate
+
+    @property
+    def transient(self) -> bool:
+        """Whether waiting and retrying can help (a lost connection, exhausted resources)."""
+        state = self.sqlstate
+        return state is None or state[:2] in ("08", "53", "57", "40")
+
+
+class StorageError(DurableError):
+    """The blob store could not write or read a value: a full disk, missing permissions, an
+    unreachable object store. Never recorded as an outcome: the workflow stays resumable."""
 
 
 class SchemaVersionError(DurableError):
@@ -119,12 +156,27 @@ class WorkflowNotRegisteredError(DurableError):
     """The recorded workflow's function is not defined in this process."""
 
 
+class DurableUsageError(DurableError, RuntimeError):
+    """A durable function was called where its guarantee cannot hold (a `@transaction` inside
+    a `@step`, a step from a thread the workflow did not create, an async transaction)."""
+
+
+class InvalidIdError(DurableError, ValueError):
+    """A workflow id or name that PostgreSQL cannot store as given (NUL, lone surrogates, too
+    long)."""
+
+
 class UnserializableError(DurableError, TypeError):
     """A value cannot be encoded for the store."""
 
 
 class UnserializableArgumentsError(UnserializableError):
     """The arguments of a workflow (or of a step that must ship them) cannot be encoded."""
+
+
+class UnhashableArgumentsError(UnserializableArgumentsError):
+    """The arguments have no digest equal in every process, so no default workflow id can be
+    derived from them; give the call an id with ``dnb.workflow_id(...)``."""
 
 
 class UnserializableOutputError(UnserializableError):

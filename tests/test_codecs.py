@@ -17,7 +17,7 @@ from hypothesis.extra import pandas as hpd
 
 import durablenb as dnb
 from durablenb import codecs
-from durablenb.engine import runtime, values
+from durablenb.engine import runtime
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -169,8 +169,9 @@ def test_checksum_catches_damage():
 
 
 @pytest.fixture
-def small_threshold(monkeypatch):
-    monkeypatch.setattr(values, "BLOB_THRESHOLD", 10_000)
+def small_threshold(schema, monkeypatch):
+    monkeypatch.setenv("DURABLENB_BLOB_THRESHOLD", "10000")
+    dnb.connect(schema=schema)  # settings are read when connecting
 
 
 def big_frame(n=20_000, seed=0):
@@ -321,13 +322,10 @@ def test_restored_frames_can_be_modified(schema, small_threshold):
         return make()
 
     wf()
-    store = runtime.store()
-    from durablenb.engine.replay import replay
-
-    back = replay(store, wf.id_for(), store.get_step(wf.id_for(), 0))
+    back = dnb.output(wf.id_for(), 0)
     back.loc[0, "x"] = -1.0
     back["i"] += 1
     back["cat"] = back["cat"].cat.add_categories(["new"])
     back.loc[1, "cat"] = "new"
     assert back.loc[0, "x"] == -1.0 and back.loc[0, "i"] == 1 and back.loc[1, "cat"] == "new"
-    same(frame, replay(store, wf.id_for(), store.get_step(wf.id_for(), 0)))  # the blob is intact
+    same(frame, dnb.output(wf.id_for(), 0))  # the blob is intact

@@ -123,7 +123,7 @@ def test_diff_keep_and_refresh(shell, capsys):
                                                             'calls.append("load v2")'))  # fmt: skip
     d = shell.run(f"%durable diff {wid}")
     assert list(d["on rerun"]) == ["re-run", "re-run"]
-    assert list(d["why"]) == ["its code changed", "after the change at position 0"]
+    assert list(d["why"]) == ["the code of 'load' changed", "after the change at position 0"]
     # Keep the record despite the (cosmetic, here) edit: nothing runs again.
     shell.run(f"%durable keep {wid} load")
     assert list(shell.run(f"%durable diff {wid}")["on rerun"]) == ["reuse", "reuse"]

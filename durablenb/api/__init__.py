@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 from ..engine import Step, Transaction, Workflow, WorkflowHandle, runtime, values
-from ..engine.handles import submit
-from ..engine.replay import _explicit_id, execute, record_value
+from ..engine.checkpoint import replay_record
+from ..engine.context import _explicit_id
+from ..engine.handles import run_recorded, submit
+from ..engine.identity import check_id
+from ..engine.kinds import record_value
 from ..errors import (
     WorkflowBusyError,
     WorkflowNotFoundError,
@@ -32,6 +35,7 @@ __all__ = [
     "sleep",
     "now",
     "random",
+    "output",
     "resume",
     "cancel",
     "fork",
@@ -65,8 +69,19 @@ def workflow(
     if func is None:
         return functools.partial(workflow, name=name, on_change=on_change, on_busy=on_busy,
                                  wait_timeout=wait_timeout)  # fmt: skip
+    _live_timelines()
     return Workflow(func, name=name, on_change=on_change, on_busy=on_busy,
                     wait_timeout=wait_timeout)  # fmt: skip
+
+
+def _live_timelines() -> None:
+    """In a Jupyter kernel, show a live timeline for workflows run from cells."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        from ..widgets import live
+
+        live.enable()
 
 
 def step(
@@ -114,19 +129,25 @@ def transaction(
 
 @contextlib.contextmanager
 def workflow_id(wid: str) -> Iterator[str]:
-    """Give the next workflow called (or started) in this block the id *wid*."""
-    if not isinstance(wid, str) or not wid or len(wid) > 1000:
-        raise ValueError("a workflow id is a non-empty string of at most 1000 characters")
-    token = _explicit_id.set(wid)
+    """Give the next workflow called (or started) in this block the id *wid*.
+
+    An id is non-empty text of at most 1000 UTF-8 bytes, without NUL characters or lone
+    surrogates; anything else raises `InvalidIdError` (a `ValueError`).
+    """
+    token = _explicit_id.set(check_id(wid))
     try:
         yield wid
     finally:
         _explicit_id.reset(token)
 
 
-def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
-    """Connect to the store: *dsn*, else ``$DURABLENB_DATABASE_URL``, else the embedded server."""
-    return runtime.connect(dsn, schema=schema)
+def connect(dsn: str | None = None, *, schema: str | None = None, **options: Any) -> Store:
+    """Connect to the store: *dsn*, else ``$DURABLENB_DATABASE_URL``, else the embedded server.
+
+    The environment is read here, once; *options* override any setting by its
+    `durablenb.settings.Settings` field name (``secret=b"…"``, ``blob_url="/data/blobs"``…).
+    """
+    return runtime.connect(dsn, schema=schema, **options)
 
 
 # -- replay-safe helpers --------------------------------------------------------------------
@@ -165,7 +186,7 @@ def _spec_for(name: str) -> Workflow:
 
 
 def _row(workflow_id: str) -> Any:
-    row = runtime.store().get_workflow(workflow_id)
+    row = runtime.store().get_workflow(check_id(workflow_id))
     if row is None:
         raise WorkflowNotFoundError(f"no workflow {workflow_id!r} is recorded")
     return row
@@ -174,12 +195,36 @@ def _row(workflow_id: str) -> Any:
 def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
     store = runtime.store()
     args, kwargs = values.decode_value(store, row.inputs_codec, row.inputs, row.inputs_checksum,
-                                       row.inputs_blob, f"inputs of workflow {row.id!r}")  # fmt: skip
+                                       row.inputs_blob, f"inputs of workflow {row.id!r}",
+                                       (row.lineage, "inputs"))  # fmt: skip
     inputs = values.Stored(row.inputs_codec, None if row.inputs is None else bytes(row.inputs),
                            row.inputs_checksum, 0, row.inputs_blob)  # fmt: skip
-    fut = submit(execute, runtime.store(), wf, wid, tuple(args), dict(kwargs), None, inputs,
-                 row.parent_id, row.parent_position)  # fmt: skip
+    fut = submit(run_recorded, wf, wid, tuple(args), dict(kwargs), None, inputs, store=store,
+                 position=row.parent_position, parent_id=row.parent_id)  # fmt: skip
     return WorkflowHandle(wid, fut)
+
+
+def output(workflow_id: str, step: int | str) -> Any:
+    """The output recorded for a step of a workflow (its recorded exception is raised).
+
+    *step*: a position, or a step name (the full name or its last dotted part); a name
+    recorded at several positions is an error listing them.
+    """
+    store = runtime.store()
+    row = _row(workflow_id)
+    records = store.get_steps(workflow_id)
+    if isinstance(step, int):
+        rec = records.get(step)
+    else:
+        found = [r for r in records.values() if step in (r.name, r.name.rsplit(".", 1)[-1])]
+        if len(found) > 1:
+            raise ValueError(f"step {step!r} is recorded at positions {[r.position for r in found]} "
+                             f"of workflow {workflow_id!r}; pass a position")  # fmt: skip
+        rec = found[0] if found else None
+    if rec is None:
+        names = ", ".join(f"{p}: {r.name}" for p, r in sorted(records.items())) or "none"
+        raise LookupError(f"workflow {workflow_id!r} has no recorded step {step!r} (recorded: {names})")
+    return replay_record(store, row.lineage, workflow_id, rec)
 
 
 def resume(workflow_id: str) -> WorkflowHandle:
@@ -199,16 +244,18 @@ def resume(workflow_id: str) -> WorkflowHandle:
 
 
 def cancel(workflow_id: str) -> bool:
-    """Cancel a running workflow (and its children); it stops before its next step."""
+    """Cancel a running workflow and its running children: each stops before its next step,
+    and a call that finishes after the cancel raises `WorkflowCancelledError`. Returns False
+    when nothing was running any more (the cancel came too late: the outcome stands)."""
     _row(workflow_id)
-    return runtime.store().cancel(workflow_id)
+    return bool(runtime.store().cancel(workflow_id))
 
 
 def fork(workflow_id: str, from_step: int = 0, *, new_id: str | None = None) -> WorkflowHandle:
     """Run a copy of a workflow that reuses its step records before position *from_step*."""
     row = _row(workflow_id)
     wf = _spec_for(row.name)
-    wid = new_id or f"{workflow_id}~fork-{uuid.uuid4().hex[:8]}"
+    wid = check_id(new_id or f"{workflow_id}~fork-{uuid.uuid4().hex[:8]}")
     runtime.store().fork(workflow_id, wid, int(from_step), runtime.executor_id())
     new_row = _row(wid)
     return _start_recorded(wf, new_row, wid)
@@ -224,13 +271,15 @@ def forget(workflow_id: str, *, force: bool = False) -> int:
 
 
 def recover() -> list[WorkflowHandle]:
-    """Resume, in the background, every interrupted top-level workflow defined in this process."""
+    """Resume, in the background, every interrupted workflow defined in this process: top-level
+    ones, and children started by a parent that has finished since (others resume with their
+    parent)."""
     store = runtime.store()
     handles = []
     held = store.held_keys()
     missing = []
-    for row in store.running():
-        if row.parent_id is not None or store.lock_key(row.id) in held:
+    for row in store.recoverable():
+        if store.lock_key(row.id) in held:
             continue
         wf = runtime.registered(row.name)
         if wf is None:

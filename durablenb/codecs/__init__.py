@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import CorruptRecordError, RecordedError
 from . import _signing
+from ._signing import Seal
 
 __all__ = [
     "Encoded",
@@ -35,6 +36,7 @@ __all__ = [
     "choose",
     "write",
     "estimate_size",
+    "Seal",
 ]
 
 JSON = "json"
@@ -118,8 +120,11 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
     return _columnar.write(value, codec, sink, compression)
 
 
-def encode(value: Any, codec: str | None = None) -> Encoded:
-    """Encode *value* in memory with the best codec for its type; `EncodingError` if none can."""
+def encode(value: Any, codec: str | None = None, seal: Seal | None = None) -> Encoded:
+    """Encode *value* in memory with the best codec for its type; `EncodingError` if none can.
+
+    *seal*: signs a pickle for the place it is recorded at (when a secret is set).
+    """
     codec = codec or choose(value)
     if codec == JSON:
         data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
@@ -132,9 +137,8 @@ def encode(value: Any, codec: str | None = None) -> Encoded:
         data = sink.getvalue()
         return Encoded(used, data, zlib.crc32(data))
     codec, data = pickled(value)
-    key = _signing.secret()
-    if key is not None:
-        codec = f"{codec};sig={_signing.tag(data, key)}"
+    if seal is not None:
+        codec = f"{codec}{_signing.SUFFIX}{seal.tag(codec, data)}"
     return Encoded(codec, data, zlib.crc32(data))
 
 
@@ -155,11 +159,13 @@ def pickled(value: Any) -> tuple[str, bytes]:
 
 
 def decode(
-    codec: str, data: Any, expected_checksum: int | None = None, *, what: str = "value"
-) -> Any:
+    codec: str, data: Any, expected_checksum: int | None = None, *, what: str = "value",
+    seal: Seal | None = None,
+) -> Any:  # fmt: skip
     """Decode *data* (bytes or a buffer) written by `encode` or `write`.
 
-    `CorruptRecordError` when it fails its checksum or cannot be decoded.
+    `CorruptRecordError` when it fails its checksum or cannot be decoded, and, with a *seal*
+    (a secret is set), when a pickle is not signed for this place.
     """
     if data is None:
         raise CorruptRecordError(f"the recorded {what} has no data")
@@ -168,7 +174,9 @@ def decode(
             f"the recorded {what} fails its checksum ({len(memoryview(data))} bytes, codec "
             f"{codec}); the record was altered or damaged"
         )
-    codec, _, signature = codec.partition(";sig=")
+    codec, _, signature = codec.partition(_signing.SUFFIX)
+    old_signed = _signing.OLD_SUFFIX in codec
+    codec = codec.partition(_signing.OLD_SUFFIX)[0]
     base, _, compression = codec.partition("+")
     try:
         if compression:
@@ -177,18 +185,8 @@ def decode(
             data = _columnar.decompress(data, compression)
     except Exception as exc:
         raise CorruptRecordError(f"the recorded {what} cannot be decompressed ({codec}): {exc}") from exc
-    if base in (PICKLE, CLOUDPICKLE):
-        key = _signing.secret()
-        if key is not None and not signature:
-            raise CorruptRecordError(
-                f"the recorded {what} is an unsigned pickle and DURABLENB_SECRET is set: refused "
-                "(it was written without the secret, or by someone else)"
-            )
-        if key is not None and not _signing.valid(data, signature, key):
-            raise CorruptRecordError(
-                f"the recorded {what} fails its signature: refused (altered, or signed with "
-                "another DURABLENB_SECRET)"
-            )
+    if base in (PICKLE, CLOUDPICKLE) and seal is not None:
+        _verify(seal, base, data, signature, old_signed, what)
     try:
         if base == JSON:
             return json.loads(bytes(data))
@@ -207,6 +205,18 @@ def decode(
     except Exception as exc:
         raise CorruptRecordError(f"the recorded {what} cannot be decoded ({codec}): {exc}") from exc
     raise CorruptRecordError(f"the recorded {what} uses an unknown codec {codec!r}")
+
+
+def _verify(seal: Seal, kind: str, data: Any, signature: str, old: bool, what: str) -> None:
+    if not signature:
+        why = ("signed by an earlier durablenb without its place; rerun the step to record it "
+               "again") if old else "an unsigned pickle (written without the secret, or by someone else)"
+        raise CorruptRecordError(f"the recorded {what} is {why}, and DURABLENB_SECRET is set: refused")
+    if not seal.valid(kind, data, signature):
+        raise CorruptRecordError(
+            f"the recorded {what} fails its signature: refused (altered, copied from another "
+            "step or workflow, or signed with another DURABLENB_SECRET)"
+        )
 
 
 @dataclass(frozen=True)
@@ -258,7 +268,7 @@ def _dumpers() -> list[Any]:
     return out
 
 
-def encode_exception(exc: BaseException) -> EncodedError:
+def encode_exception(exc: BaseException, seal: Seal | None = None) -> EncodedError:
     """Record *exc*: pickled if it can be rebuilt from the bytes, always with type and text.
 
     Exceptions whose ``__init__`` does not take their ``args`` back (a common pattern) are
@@ -272,27 +282,22 @@ def encode_exception(exc: BaseException) -> EncodedError:
         except TypeError:
             state = {}
         data = _try_pickle((_EXC_STATE, type(exc), tuple(exc.args), state))
-    key = _signing.secret()
-    if data is not None and key is not None:
-        data = _signing.MAGIC + bytes.fromhex(_signing.tag(data, key)) + data
+    if data is not None and seal is not None:
+        data = _signing.MAGIC + bytes.fromhex(seal.tag("exception", data)) + data
     return EncodedError(data, _type_name(exc), str(exc), tb)
 
 
 def decode_exception(
-    data: bytes | None, type_name: str | None, message: str | None, traceback_text: str | None = None
-) -> BaseException:
-    """Rebuild a recorded exception, or a `RecordedError` naming its type when that fails."""
+    data: bytes | None, type_name: str | None, message: str | None,
+    traceback_text: str | None = None, seal: Seal | None = None, what: str = "error",
+) -> BaseException:  # fmt: skip
+    """Rebuild a recorded exception, or a `RecordedError` naming its type when that fails.
+
+    With a *seal* (a secret is set) an unsigned, altered or misplaced pickle is never loaded:
+    `CorruptRecordError` is raised instead.
+    """
     if data is not None:
-        data = bytes(data)
-        key = _signing.secret()
-        if data.startswith(_signing.MAGIC):
-            n = len(_signing.MAGIC)
-            sig, data = data[n : n + 32].hex(), data[n + 32 :]
-            if key is not None and not _signing.valid(data, sig, key):
-                data = None  # tampered: never unpickle it
-        elif key is not None:
-            data = None  # unsigned while signing is on: refused
-    if data is not None:
+        data = _unseal_exception(bytes(data), seal, what)
         try:
             exc = pickle.loads(data)
             if isinstance(exc, tuple) and exc and exc[0] == _EXC_STATE:
@@ -302,3 +307,17 @@ def decode_exception(
         except Exception:
             pass
     return RecordedError(type_name or "Exception", message or "", traceback_text)
+
+
+def _unseal_exception(data: bytes, seal: Seal | None, what: str) -> bytes:
+    for magic in (_signing.MAGIC, _signing.OLD_MAGIC):
+        if data.startswith(magic):
+            n = len(magic)
+            signature, payload = data[n : n + 32].hex(), data[n + 32 :]
+            if seal is not None:
+                _verify(seal, "exception", payload, signature if magic == _signing.MAGIC else "",
+                        magic == _signing.OLD_MAGIC, f"{what}")  # fmt: skip
+            return payload
+    if seal is not None:
+        _verify(seal, "exception", data, "", False, what)
+    return data

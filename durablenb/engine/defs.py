@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import DurableUsageError
 from .hashing import code_hash, function_name
+from .identity import check_name
 
 _MISSING = object()
 
@@ -19,7 +22,8 @@ class _Durable:
         if not callable(fn):
             raise TypeError(f"{type(self).__name__.lower()} decorates a function, got {fn!r}")
         self.fn = fn
-        self.name = name or function_name(fn)
+        self.name = check_name(name or function_name(fn))
+        self.is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
         self._code_hash: str | None = None
         functools.update_wrapper(self, fn)
 
@@ -107,8 +111,10 @@ class Step(_Durable):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        from .replay import call_step
+        from .kinds import call_step, call_step_async
 
+        if self.is_async:
+            return call_step_async(self, args, kwargs)
         return call_step(self, args, kwargs)
 
 
@@ -117,9 +123,18 @@ class Transaction(Step):
 
     kind = "transaction"
 
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        super().__init__(fn, **options)
+        if self.is_async:
+            raise DurableUsageError(
+                f"transaction {self.name!r} is an async function: its body runs on a blocking "
+                "psycopg connection (dnb.connection()), so write it as a plain def; async "
+                "workflows call it like any step"
+            )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        from .replay import call_transaction
+        from .kinds import call_transaction
 
         return call_transaction(self, args, kwargs)
 
@@ -158,8 +173,10 @@ class Workflow(_Durable):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        from .replay import call_workflow
+        from .replay import call_workflow, call_workflow_async
 
+        if self.is_async:
+            return call_workflow_async(self, args, kwargs)
         return call_workflow(self, args, kwargs)
 
     # verbs on the decorated object
@@ -171,7 +188,7 @@ class Workflow(_Durable):
 
     def id_for(self, *args: Any, **kwargs: Any) -> str:
         """The workflow id a call with these arguments gets (without an explicit id)."""
-        from .hashing import args_digest, default_workflow_id
+        from .identity import args_digest, default_workflow_id
 
-        return default_workflow_id(self.name, args_digest(args, kwargs))
+        return default_workflow_id(self.name, args_digest(self.name, args, kwargs))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextvars
 import threading
@@ -11,20 +12,15 @@ from typing import Any
 from ..errors import (
     DurableError,
     WorkflowBusyError,
+    WorkflowCancelledError,
     WorkflowNotFoundError,
 )
 from . import events, runtime
+from .checkpoint import Call, Done, open_slot
+from .context import _explicit_id, current
 from .defs import Workflow
-from .replay import (
-    _explicit_id,
-    _record,
-    current,
-    encode_inputs,
-    execute,
-    lookup,
-    recorded_outcome,
-    replay,
-)
+from .identity import args_digest, check_id
+from .replay import _top_level, encode_inputs, execute, execute_async, recorded_outcome
 
 _pool_lock = threading.Lock()
 _pool: cf.ThreadPoolExecutor | None = None
@@ -36,6 +32,20 @@ def _executor() -> cf.ThreadPoolExecutor:
         if _pool is None:
             _pool = cf.ThreadPoolExecutor(max_workers=32, thread_name_prefix="durablenb")
         return _pool
+
+
+def run_recorded(spec: Workflow, *args: Any, **kw: Any) -> Any:
+    """`execute` (or, for an ``async def`` workflow, `execute_async` in a new event loop)."""
+    __tracebackhide__ = True
+    if spec.is_async:
+        return asyncio.run(execute_async(kw.pop("store"), spec, *args, **kw))
+    return execute(kw.pop("store"), spec, *args, **kw)
+
+
+def submit(fn: Any, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+    """Run *fn* on the background pool in a fresh context (no enclosing workflow)."""
+    ctx = contextvars.Context()
+    return _executor().submit(ctx.run, fn, *args, **kwargs)
 
 
 class WorkflowHandle:
@@ -67,15 +77,26 @@ class WorkflowHandle:
         return self.status() not in ("running",)
 
     def result(self, timeout: float | None = None, poll: float = 0.1) -> Any:
-        """Wait for the workflow and return its output (or raise its error)."""
+        """Wait for the workflow and return its output (or raise its error).
+
+        The answer is the record's: when this handle's own run was cancelled or met another
+        executor, the workflow's record is followed instead (resumed since, it may succeed).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._future is not None:
             try:
                 return self._future.result(timeout)
             except WorkflowBusyError:
                 pass  # another executor runs it: wait for its record below
+            except WorkflowCancelledError:
+                row = runtime.store().get_workflow(self.workflow_id)
+                if row is None or row.status == "cancelled":
+                    raise
             except cf.TimeoutError:
                 raise TimeoutError(f"workflow {self.workflow_id!r} is still running") from None
+        return self._wait_for_record(deadline, poll)
+
+    def _wait_for_record(self, deadline: float | None, poll: float) -> Any:
         store = runtime.store()
         while True:
             row = store.get_workflow(self.workflow_id)
@@ -98,14 +119,9 @@ class WorkflowHandle:
             poll = min(poll * 1.5, 1.0)
 
     def cancel(self) -> bool:
-        """Cancel the workflow (it stops at its next step)."""
-        return runtime.store().cancel(self.workflow_id)
-
-
-def submit(fn: Any, *args: Any) -> cf.Future[Any]:
-    """Run *fn* on the background pool in a fresh context (no enclosing workflow)."""
-    ctx = contextvars.Context()
-    return _executor().submit(ctx.run, fn, *args)
+        """Cancel the workflow and its children (they stop before their next step); False
+        when it had already finished."""
+        return bool(runtime.store().cancel(self.workflow_id))
 
 
 def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
@@ -117,28 +133,27 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
     if not isinstance(wf, Workflow):
         raise TypeError(f"dnb.start takes a @dnb.workflow function, got {wf!r}")
     parent = current()
-    digest, inputs = encode_inputs(parent.store if parent else runtime.store(), wf, args, kwargs)
-    explicit = _explicit_id.get()
     if parent is None:
-        store = runtime.store()
-        wid = explicit or wf.id_for(*args, **kwargs)
+        store, wid, digest, inputs = _top_level(wf, args, kwargs)
         if events.listeners:
             events.emit("workflow_submitted", wid, wf.name)
-        fut = submit(execute, store, wf, wid, args, kwargs, digest, inputs)
-        return WorkflowHandle(wid, fut)
-    pos = parent.take()
-    rec = lookup(parent, pos, wf.name, "start", wf.code_hash)
-    if rec is not None:
-        wid = replay(parent.store, parent.id, rec)
+        return WorkflowHandle(wid, submit(run_recorded, wf, wid, args, kwargs, digest, inputs, store=store))
+    explicit = _explicit_id.get()
+    slot = open_slot(parent, Call("start", wf.name, wf.code_hash))
+    if slot.recorded is not None:
+        wid = slot.replay()
+        inputs = encode_inputs(parent.store, wf, wid, args, kwargs)
     else:
-        wid = explicit or f"{parent.id}/{pos}"
-        t0 = time.time()
-        rec = _record(parent.store, parent.id, pos, wf.name, "start", wf.code_hash, True, wid, 1, t0, t0,
-                      child_id=wid)  # fmt: skip
-        winner = parent.lease.record_step(rec)
-        if winner is not rec:
-            wid = replay(parent.store, parent.id, winner)
-    fut = submit(execute, parent.store, wf, wid, args, kwargs, digest, inputs, parent.id, pos)
+        wid = check_id(explicit) if explicit else f"{parent.id}/{slot.position}"
+        try:
+            inputs = encode_inputs(parent.store, wf, wid, args, kwargs)
+        except BaseException:
+            slot.release()
+            raise
+        wid = slot.close(Done(True, wid, child_id=wid))
+    digest = args_digest(wf.name, args, kwargs, required=False)
+    fut = submit(run_recorded, wf, wid, args, kwargs, digest, inputs, store=parent.store,
+                 position=slot.position, parent_id=parent.id)  # fmt: skip
     return WorkflowHandle(wid, fut)
 
 
@@ -147,4 +162,3 @@ def retrieve(workflow_id: str) -> WorkflowHandle:
     if runtime.store().get_workflow(workflow_id) is None:
         raise WorkflowNotFoundError(f"no workflow {workflow_id!r} is recorded")
     return WorkflowHandle(workflow_id)
-

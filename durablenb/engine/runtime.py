@@ -9,7 +9,8 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import server
+from .. import _faults, server
+from ..settings import Settings
 from ..store import Store
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ _store: Store | None = None
 _registry: dict[str, Workflow] = {}
 _steps: dict[str, Any] = {}
 _embedded: Any = None
+_atexit = False
 
 
 def executor_id() -> str:
@@ -29,23 +31,28 @@ def executor_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def connect(dsn: str | None = None, *, schema: str | None = None) -> Store:
+def connect(dsn: str | None = None, *, schema: str | None = None, settings: Settings | None = None,
+            **options: Any) -> Store:  # fmt: skip
     """Connect the process to a store, replacing the current one.
 
-    *dsn*: a PostgreSQL URL or conninfo; default ``$DURABLENB_DATABASE_URL``, else the
-    embedded server under ``$DURABLENB_HOME``. *schema*: default ``$DURABLENB_SCHEMA`` or
-    ``durablenb``.
+    The environment is read here, once (`Settings.from_env`); *dsn*, *schema* and *options*
+    (any `Settings` field) override it. *dsn*: a PostgreSQL URL or conninfo; default
+    ``$DURABLENB_DATABASE_URL``, else the embedded server under ``$DURABLENB_HOME``.
     """
-    global _store, _embedded
+    global _store, _embedded, _atexit
+    settings = settings or Settings.from_env(database_url=dsn, schema=schema, **options)
+    _faults.configure(settings.fault, settings.fault_count)
     with _lock:
-        target = dsn or server.dsn_from_env()
+        target = settings.database_url
         embedded = None
         if not target:
-            embedded = server.home()
+            embedded = server.home(settings.home)
             target = server.start(embedded)
-        new = Store(target, schema=schema or os.environ.get("DURABLENB_SCHEMA") or "durablenb",
-                    blob_url=os.environ.get("DURABLENB_BLOB_URL") or None, embedded_home=embedded)
+        new = Store(target, settings=settings, embedded_home=embedded)
         old, _store, _embedded = _store, new, embedded
+        if not _atexit:
+            atexit.register(disconnect)
+            _atexit = True
     if old is not None:
         old.close()
     logger.info("durablenb connected to %s", new.masked_dsn)
@@ -75,8 +82,6 @@ def disconnect() -> None:
     if old is not None:
         old.close()
 
-
-atexit.register(disconnect)
 
 
 def register(wf: Workflow) -> None:

@@ -1,16 +1,20 @@
-"""Recorded values: small ones inline in the record, large ones as blobs beside it."""
+"""Recorded values: small ones inline in the record, large ones as blobs beside it.
+
+Every value is recorded at a *place* — ``(lineage, position)`` of a step, or
+``(lineage, "inputs")`` and so on — which a signature binds it to when a secret is set.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from .. import codecs
+from ..codecs import Seal
+from ..codecs._signing import binding
 from ..store import Store
 
-#: Values whose encoding reaches this many bytes go to the blob store.
-BLOB_THRESHOLD = int(os.environ.get("DURABLENB_BLOB_THRESHOLD", 1 << 20))
+Place = tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -24,25 +28,32 @@ class Stored:
     blob: str | None = None
 
 
-def encode_value(store: Store, value: Any) -> Stored:
-    """Encode *value* for a record; large columnar values stream straight into a blob.
+def seal(store: Store, place: Place) -> Seal | None:
+    """The seal of a record at *place*, or None when no secret is set."""
+    key = store.settings.secret
+    return None if key is None else Seal(key, binding(*place))
 
-    Raises `codecs.EncodingError` when no codec can encode it.
+
+def encode_value(store: Store, value: Any, place: Place) -> Stored:
+    """Encode *value* for a record at *place*; large values stream straight into a blob.
+
+    Raises `codecs.EncodingError` when no codec can encode it, `StorageError` when the blob
+    store cannot take it.
     """
     codec = codecs.choose(value)
     blobs = store.blobs
+    threshold = store.settings.blob_threshold
     estimate = codecs.estimate_size(value) if codec in (codecs.ARROW, codecs.NPY) else None
-    if estimate is not None and estimate >= BLOB_THRESHOLD:
+    if estimate is not None and estimate >= threshold:
         used: list[str] = []
         ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)))
         return Stored(used[0], None, crc, size, ref)
-    enc = codecs.encode(value, codec)
-    if enc.size >= BLOB_THRESHOLD:
-        if blobs.compression:
+    enc = codecs.encode(value, codec, seal(store, place))
+    if enc.size >= threshold:
+        compression = blobs.compression
+        if compression:
             used = []
-            ref, size, crc = blobs.put(
-                lambda f: used.append(_compressed(enc, f, blobs.compression))  # type: ignore[arg-type]
-            )
+            ref, size, crc = blobs.put(lambda f: used.append(_compressed(enc, f, compression)))
             return Stored(used[0], None, crc, size, ref)
         ref, size, crc = blobs.put_bytes(enc.data)
         return Stored(enc.codec, None, crc, size, ref)
@@ -54,14 +65,29 @@ def _compressed(enc: codecs.Encoded, sink: Any, compression: str) -> str:
 
     with pa.CompressedOutputStream(pa.PythonFile(sink, mode="w"), compression) as out:
         out.write(enc.data)
-    codec, sep, signature = enc.codec.partition(";sig=")
+    codec, sep, signature = enc.codec.partition(";sig")
     return f"{codec}+{compression}{sep}{signature}"
 
 
 def decode_value(
-    store: Store, codec: str, data: Any, checksum: int | None, blob: str | None, what: str
-) -> Any:
-    """The value a record holds, read from its blob when it has one."""
+    store: Store, codec: str, data: Any, checksum: int | None, blob: str | None, what: str,
+    place: Place,
+) -> Any:  # fmt: skip
+    """The value a record at *place* holds, read from its blob when it has one."""
+    s = seal(store, place)
     if blob:
-        return codecs.decode(codec, store.blobs.get(blob, what, checksum), None, what=what)
-    return codecs.decode(codec, data, checksum, what=what)
+        return codecs.decode(codec, store.blobs.get(blob, what, checksum), None, what=what, seal=s)
+    return codecs.decode(codec, data, checksum, what=what, seal=s)
+
+
+def encode_error(store: Store, exc: BaseException, place: Place) -> codecs.EncodedError:
+    """Record *exc* at *place*."""
+    return codecs.encode_exception(exc, seal(store, place))
+
+
+def decode_error(
+    store: Store, data: Any, type_name: str | None, message: str | None, traceback_text: str | None,
+    place: Place, what: str = "error",
+) -> BaseException:  # fmt: skip
+    """The exception recorded at *place* (`CorruptRecordError` if its signature fails)."""
+    return codecs.decode_exception(data, type_name, message, traceback_text, seal(store, place), what)

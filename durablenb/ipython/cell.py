@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import types
 from typing import Any
 
 from .. import codecs
-from ..engine import Workflow, runtime, values
-from ..engine.replay import _explicit_id, call_workflow
+from ..engine import Workflow, hashing, runtime, values
+from ..engine.context import _explicit_id
+from ..engine.replay import call_workflow
 
 # A cell's recorded output: {"names": {name: (codec, data, checksum)}, "skipped": [names
 # whose values cannot be encoded], "value": the last expression's value or None}.
@@ -43,9 +43,9 @@ def assigned_names(tree: ast.Module) -> list[str]:
     return names
 
 
-def cell_hash(tree: ast.Module) -> str:
-    """Digest of the cell's code, blind to comments and formatting."""
-    return hashlib.blake2b(ast.dump(tree).encode(), digest_size=16).hexdigest()
+def cell_hash(cell: str) -> str:
+    """Digest of the cell's code, blind to comments and formatting (equal on every Python)."""
+    return hashing.source_digest(cell)
 
 
 class CellWorkflow(Workflow):
@@ -63,7 +63,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
     """
     __tracebackhide__ = True
     tree = ast.parse(cell)
-    digest = cell_hash(tree)
+    digest = cell_hash(cell)
     wid = workflow_id or f"cell-{digest[:16]}"
     names = assigned_names(tree)
     imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -87,7 +87,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
             if n not in ns or isinstance(ns[n], types.ModuleType):
                 continue
             try:
-                enc = values.encode_value(store, ns[n])
+                enc = values.encode_value(store, ns[n], (wid, f"var:{n}"))
             except codecs.EncodingError:
                 skipped.append(n)
                 continue
@@ -112,5 +112,5 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
         store = runtime.store()
         for n, (codec, data, checksum, blob) in out["names"].items():
             ns[n] = values.decode_value(store, codec, data, checksum, blob,
-                                        f"value of {n!r} in cell {wid!r}")  # fmt: skip
+                                        f"value of {n!r} in cell {wid!r}", (wid, f"var:{n}"))  # fmt: skip
     return out["value"], report

@@ -9,9 +9,8 @@ import pandas as pd
 from IPython.core.error import UsageError
 
 from .. import __version__, _durations, api, history, server
-from ..engine import runtime
-from ..engine.replay import step_code_changed
-from ..errors import WorkflowNotFoundError
+from ..engine import planner, replay, runtime
+from ..errors import CodeChangedError, WorkflowCancelledError, WorkflowNotFoundError
 
 
 def parse_duration(text: str) -> float:
@@ -142,36 +141,39 @@ def _positions(wid: str, step: str) -> list[int]:
 
 
 def diff_frame(wid: str) -> pd.DataFrame:
-    """What a rerun of *wid* would do with each recorded step, given this kernel's code."""
+    """What a rerun of *wid* would do with each recorded step, given this kernel's code: the
+    engine's own plan (`durablenb.engine.planner`), step by step."""
     row = _row(wid)
-    steps = history.steps(wid)
+    store = runtime.store()
+    records = store.get_steps(wid)
     wf = runtime.registered(row.name)
-    body_changed = wf is not None and row.code_hash and wf.code_hash != row.code_hash
+    defs = replay.definitions(wf) if wf is not None else planner.Definitions(
+        None, "fork", lambda name: getattr(runtime.registered_step(name), "code_hash", None))
+    try:
+        plan = planner.plan(row, records, defs)
+    except CodeChangedError as exc:
+        raise UsageError(f"{exc} (on_change='error': a rerun raises CodeChangedError)") from None
+    except WorkflowCancelledError as exc:
+        raise UsageError(str(exc)) from None
+    positions = sorted(records)
     verdicts, reasons = [], []
-    invalid_from = None
-    for _, s in steps.iterrows():
-        recorded = s["code_hash"] if isinstance(s["code_hash"], str) else None
-        if invalid_from is not None:
+    for pos in positions:
+        rec = records[pos]
+        if plan.fork_at is not None and pos >= plan.fork_at:
             verdicts.append("re-run")
-            reasons.append(f"after the change at position {invalid_from}")
-            continue
-        if recorded == "refresh":
-            invalid_from = s["position"]
-            verdicts.append("re-run")
-            reasons.append("marked with %durable refresh")
-        elif (changed := step_code_changed(s["name"], recorded)) is None:
-            verdicts.append("reuse")
-            reasons.append("not defined in this kernel" if recorded else "recorded value")
-        elif changed:
-            invalid_from = s["position"]
-            verdicts.append("re-run")
-            reasons.append("its code changed")
+            first = pos == plan.fork_at
+            reasons.append(plan.why if first else f"after the change at position {plan.fork_at}")
         else:
             verdicts.append("reuse")
-            reasons.append("unchanged")
-    out = pd.DataFrame({"position": steps["position"], "name": steps["name"],
-                        "status": steps["status"], "on rerun": verdicts, "why": reasons})  # fmt: skip
-    out.attrs["body_changed"] = bool(body_changed)
+            known = runtime.registered_step(rec.name) is not None
+            reasons.append("unchanged" if known and rec.code_hash else
+                           "recorded value" if not rec.code_hash else "not defined in this kernel")
+    steps = history.steps(wid).set_index("position")
+    out = pd.DataFrame({"position": positions, "name": [records[p].name for p in positions],
+                        "status": [steps["status"].get(p) for p in positions],
+                        "on rerun": verdicts, "why": reasons})  # fmt: skip
+    out.attrs["body_changed"] = plan.body_changed
+    out.attrs["action"] = plan.action
     return out
 
 
@@ -205,7 +207,7 @@ def cmd_refresh(opts: Any, args: list[str]) -> None:
         raise UsageError("%durable refresh ID STEP (STEP: a position or a step name)")
     wid, step = args
     positions = _positions(wid, step)
-    runtime.store().set_step_code_hash(wid, positions[:1], "refresh")
+    runtime.store().set_step_code_hash(wid, positions[:1], planner.REFRESH)
     print(f"the next run of {wid} re-runs from position {positions[0]} on")
 
 

@@ -8,31 +8,29 @@ exits, so a restarted kernel reconnects in milliseconds.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import warnings
 from pathlib import Path
 
 from ..errors import StoreUnavailableError
 
-__all__ = ["home", "data_dir", "start", "stop", "dsn_from_env"]
+__all__ = ["home", "data_dir", "start", "stop"]
 
 logger = logging.getLogger("durablenb")
 _lock = threading.Lock()
 
 
-def home() -> Path:
-    """``$DURABLENB_HOME``, or the user data directory for durablenb."""
-    env = os.environ.get("DURABLENB_HOME")
-    if env:
-        return Path(env).expanduser()
+def home(configured: Path | None = None) -> Path:
+    """*configured* (``settings.home``, from ``DURABLENB_HOME``), or the user data directory."""
+    if configured is not None:
+        return Path(configured).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_data_dir("durablenb", appauthor=False))
 
 
 def data_dir(base: Path | None = None) -> Path:
-    """The embedded server's data directory under *base* (default `home`)."""
+    """The embedded server's data directory under *base* (default: the user data directory)."""
     return (base or home()) / "pg"
 
 
@@ -79,8 +77,3 @@ def stop(base: Path | None = None) -> None:
         if info is not None and info.is_running():
             server._postmaster_info = info
             server.stop()
-
-
-def dsn_from_env() -> str | None:
-    """``$DURABLENB_DATABASE_URL`` when set."""
-    return os.environ.get("DURABLENB_DATABASE_URL") or None

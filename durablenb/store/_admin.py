@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import class_row
 
-from .records import WORKFLOW_COLUMNS, WorkflowRow
+from ._notify import CANCEL_CHANNEL
+from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
 
-CANCEL_CHANNEL = "durablenb_cancel"
+
+def _tree(s: str, through: str = "c.parent_id = t.id") -> str:
+    """A recursive CTE ``tree(id)``: the workflow ``%(id)s`` and those linked below it."""
+    return (
+        f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %(id)s "
+        f"UNION ALL SELECT c.id, t.depth + 1 FROM {s}.workflows c JOIN tree t ON {through} "
+        "WHERE t.depth < 1000) "
+    )
 
 
 class AdminMixin:
@@ -17,21 +26,38 @@ class AdminMixin:
     qschema: str
     schema: str
 
+    if TYPE_CHECKING:  # provided by Store and LineageMixin
+
+        def connection(self) -> Any: ...
+
+        def lock_key(self, workflow_id: str) -> int: ...
+
+        def clear_cancelled(self, workflow_id: str) -> None: ...
+
+        def _forget_tree(self, conn: psycopg.Connection, root: str, unless_running: bool = False) -> int: ...
+
     # -- workflows -------------------------------------------------------------------------
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """The record of *workflow_id*, if any."""
-        self.flush()
         with self.connection() as conn:
-            row = conn.execute(
-                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s",
-                [workflow_id],
-                binary=True,
+            cur = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
+            return cur.execute(
+                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s", [workflow_id]
             ).fetchone()
-        return WorkflowRow.from_row(row) if row else None
+
+    def get_steps(self, workflow_id: str) -> dict[int, StepRecord]:
+        """Every step record of *workflow_id*, by position."""
+        with self.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(StepRecord), binary=True)
+            rows = cur.execute(
+                f"SELECT {STEP_COLUMNS} FROM {self.qschema}.steps WHERE workflow_id = %s "
+                "ORDER BY position",
+                [workflow_id],
+            ).fetchall()
+        return {r.position: r for r in rows}
 
     def held_keys(self) -> set[int]:
         """Advisory lock keys held right now by any session on this database."""
-        self.flush()
         with self.connection() as conn:
             rows = conn.execute(
                 "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
@@ -43,80 +69,75 @@ class AdminMixin:
             out.add(k - (1 << 64) if k >= (1 << 63) else k)
         return out
 
-    def running(self) -> list[WorkflowRow]:
-        """Workflows recorded as running (live elsewhere, or interrupted)."""
-        self.flush()
+    def recoverable(self) -> list[WorkflowRow]:
+        """Workflows recorded as running that resume on their own: top-level ones, and
+        children whose parent is not running (started with `dnb.start` by a parent that has
+        finished since); children of a running parent resume with it."""
+        s = self.qschema
+        cols = ", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS.split(", "))
         with self.connection() as conn:
-            rows = conn.execute(
-                f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows "
-                "WHERE status = 'running' ORDER BY created_at",
-                binary=True,
+            cur = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
+            return cur.execute(
+                f"SELECT {cols} FROM {s}.workflows w LEFT JOIN {s}.workflows p ON p.id = w.parent_id "
+                "WHERE w.status = 'running' AND (p.id IS NULL OR p.status <> 'running') "
+                "ORDER BY w.created_at"
             ).fetchall()
-        return [WorkflowRow.from_row(r) for r in rows]
 
     def is_held(self, workflow_id: str) -> bool:
         """True while some executor holds *workflow_id*."""
         return self.lock_key(workflow_id) in self.held_keys()
 
-    def cancel(self, workflow_id: str) -> bool:
-        """Mark *workflow_id* (and its derived children) cancelled; tell its executor."""
-        self.flush()
+    def cancel(self, workflow_id: str) -> list[str]:
+        """Mark *workflow_id* and its running descendants cancelled and tell their executors;
+        returns the ids cancelled (empty when none was running: the cancel came too late)."""
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             rows = conn.execute(
-                f"UPDATE {s}.workflows SET status = 'cancelled', updated_at = clock_timestamp(), "
-                "finished_at = clock_timestamp() WHERE status = 'running' "
-                "AND (id = %s OR left(id, %s) = %s) RETURNING id",
-                [workflow_id, len(workflow_id) + 1, workflow_id + "/"],
+                f"{_tree(s)} UPDATE {s}.workflows SET status = 'cancelled', "
+                "updated_at = clock_timestamp(), finished_at = clock_timestamp() "
+                "WHERE id IN (SELECT id FROM tree) AND status = 'running' RETURNING id",
+                {"id": workflow_id},
             ).fetchall()
             for (wid,) in rows:
                 conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}|{wid}"])
-        return bool(rows)
+        return [wid for (wid,) in rows]
 
     def reopen(self, workflow_id: str) -> None:
-        """Make a cancelled or failed workflow runnable again, dropping recorded step failures."""
+        """Make a cancelled or failed workflow, and its cancelled or failed descendants,
+        runnable again, dropping their recorded step failures."""
         s = self.qschema
         with self.connection() as conn, conn.transaction():
+            ids = [r[0] for r in conn.execute(
+                f"{_tree(s)} UPDATE {s}.workflows SET status = 'running', error = NULL, "
+                "error_type = NULL, error_message = NULL, error_traceback = NULL, "
+                "finished_at = NULL, updated_at = clock_timestamp() "
+                "WHERE id IN (SELECT id FROM tree) AND status IN ('cancelled', 'failed') RETURNING id",
+                {"id": workflow_id},
+            ).fetchall()]  # fmt: skip
             conn.execute(
-                f"UPDATE {s}.workflows SET status = 'running', error = NULL, error_type = NULL, "
-                "error_message = NULL, error_traceback = NULL, finished_at = NULL, "
-                "updated_at = clock_timestamp() "
-                "WHERE id = %s AND status IN ('cancelled', 'failed')",
-                [workflow_id],
+                f"DELETE FROM {s}.steps WHERE workflow_id = ANY(%s) AND status = 'failed'", [ids]
             )
-            conn.execute(
-                f"DELETE FROM {s}.steps WHERE workflow_id = %s AND status = 'failed'", [workflow_id]
-            )
-        self.clear_cancelled(workflow_id)
-
-    def _forget_txn(self, conn: psycopg.Connection, workflow_id: str) -> int:
-        cur = conn.execute(
-            f"DELETE FROM {self.qschema}.workflows WHERE id = %s OR left(id, %s) = %s "
-            "OR left(id, %s) = %s",
-            [workflow_id, len(workflow_id) + 1, workflow_id + "/", len(workflow_id) + 1,
-             workflow_id + "~"],
-        )  # fmt: skip
-        return cur.rowcount
+        for wid in ids:
+            self.clear_cancelled(wid)
 
     def forget(self, workflow_id: str) -> int:
-        """Delete *workflow_id*, its derived children and archived runs; returns rows removed."""
-        self.flush()
+        """Delete *workflow_id*, its descendants and archived runs; returns rows removed."""
         with self.connection() as conn, conn.transaction():
-            return self._forget_txn(conn, workflow_id)
+            return self._forget_tree(conn, workflow_id)
 
     def forget_older_than(self, seconds: float) -> int:
-        """Delete finished top-level workflows last updated more than *seconds* ago."""
+        """Delete finished top-level workflows last updated more than *seconds* ago, with
+        their descendants and archived runs, unless one of those is still running."""
         with self.connection() as conn, conn.transaction():
             ids = conn.execute(
                 f"SELECT id FROM {self.qschema}.workflows WHERE parent_id IS NULL "
                 "AND status <> 'running' AND updated_at < clock_timestamp() - make_interval(secs => %s)",
                 [seconds],
             ).fetchall()
-            return sum(self._forget_txn(conn, wid) for (wid,) in ids)
+            return sum(self._forget_tree(conn, wid, unless_running=True) for (wid,) in ids)
 
     def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
         """Overwrite the code hash recorded for steps at *positions*; returns how many."""
-        self.flush()
         with self.connection() as conn:
             cur = conn.execute(
                 f"UPDATE {self.qschema}.steps SET code_hash = %s "
@@ -127,7 +148,6 @@ class AdminMixin:
 
     def status_counts(self) -> dict[str, int]:
         """How many workflows are recorded in each status."""
-        self.flush()
         with self.connection() as conn:
             rows = conn.execute(
                 f"SELECT status, count(*) FROM {self.qschema}.workflows GROUP BY status"
@@ -135,7 +155,7 @@ class AdminMixin:
         return {k: int(v) for k, v in rows}
 
     def recent_ids(self, prefix: str = "", limit: int = 200) -> list[str]:
-        """Ids of the most recently updated workflows starting with *prefix*."""
+        """Ids of the most recently updated workflows starting with *prefix* (completion)."""
         with self.connection() as conn:
             rows = conn.execute(
                 f"SELECT id FROM {self.qschema}.workflows WHERE left(id, %s) = %s "
@@ -154,9 +174,9 @@ class AdminMixin:
         until: Any = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Workflow rows with step counts, newest first: ``(columns, rows)``."""
-        self.flush()
         s = self.qschema
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append("w.status = ANY(%s)")
@@ -195,7 +215,6 @@ class AdminMixin:
 
     def query_steps(self, workflow_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
-        self.flush()
         q = (
             "SELECT s.workflow_id, s.position, s.name, s.kind, "
             "CASE WHEN s.status = 'failed' THEN 'failed' "

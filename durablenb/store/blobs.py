@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import _faults
-from ..errors import CorruptRecordError, StoreUnavailableError
+from ..errors import CorruptRecordError, StorageError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from . import Store
@@ -106,6 +106,13 @@ def _missing(ref: str, what: str, where: str) -> CorruptRecordError:
     )
 
 
+def _storage_error(verb: str, where: str, exc: BaseException) -> StorageError:
+    return StorageError(
+        f"cannot {verb} a large value in the blob store {where}: {exc}. Nothing was recorded "
+        "from it; free space or fix access, then rerun (the workflow resumes)."
+    )
+
+
 def _check(data: Any, ref: str, what: str, where: str, crc: int | None = None) -> None:
     bad = zlib.crc32(data) != crc if crc is not None else hashlib.sha256(data).hexdigest() != ref
     if bad:
@@ -128,6 +135,12 @@ class FolderBlobs(BlobStore):
         return self.root / ref[:2] / ref
 
     def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+        try:
+            return self._put(produce)
+        except OSError as exc:
+            raise _storage_error("write", self.url, exc) from exc
+
+    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb", buffering=0) as raw:
@@ -155,6 +168,8 @@ class FolderBlobs(BlobStore):
             f = open(path, "rb")
         except FileNotFoundError:
             raise _missing(ref, what, self.url) from None
+        except OSError as exc:
+            raise _storage_error("read", self.url, exc) from exc
         with f:
             size = os.fstat(f.fileno()).st_size
             data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
@@ -200,6 +215,12 @@ class PostgresBlobs(BlobStore):
         self.s = store.qschema
 
     def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+        try:
+            return self._put(produce)
+        except OSError as exc:
+            raise _storage_error("write", self.url, exc) from exc
+
+    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
         with tempfile.TemporaryFile() as tmp:
             w = HashingWriter(tmp)
             produce(w)
@@ -283,6 +304,12 @@ class FsspecBlobs(BlobStore):
         return f"{self.base.rstrip('/')}/{ref[:2]}/{ref}"
 
     def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+        try:
+            return self._put(produce)
+        except OSError as exc:
+            raise _storage_error("write", self.url, exc) from exc
+
+    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
         tmp = f"{self.base.rstrip('/')}/tmp/{uuid.uuid4().hex}.part"
         with self.fs.open(tmp, "wb") as raw:
             w = HashingWriter(raw)
@@ -299,6 +326,8 @@ class FsspecBlobs(BlobStore):
             data = self.fs.cat_file(self._path(ref))
         except FileNotFoundError:
             raise _missing(ref, what, self.url) from None
+        except OSError as exc:
+            raise _storage_error("read", self.url, exc) from exc
         _check(data, ref, what, self.url, crc)
         return data
 
@@ -316,12 +345,13 @@ class FsspecBlobs(BlobStore):
         return n
 
 
-def open_blobs(store: Store, url: str | None, embedded_home: Path | None) -> BlobStore:
+def open_blobs(
+    store: Store, url: str | None, embedded_home: Path | None, compression: str | None = None
+) -> BlobStore:
     """The blob store for *store*: *url* (a folder or fsspec URL), else a folder beside the
-    embedded server, else the database itself. ``DURABLENB_COMPRESSION`` (``none``, ``lz4``,
-    ``zstd``) overrides each store's default compression."""
-    env = os.environ.get("DURABLENB_COMPRESSION")
-    comp: Any = ... if env is None else (None if env in ("", "none") else env)
+    embedded server, else the database itself. *compression* (``none``, ``lz4``, ``zstd``;
+    ``DURABLENB_COMPRESSION``) overrides each store's default."""
+    comp: Any = ... if compression is None else (None if compression == "none" else compression)
     if url:
         if "://" in url and not url.startswith("file://"):
             blobs: BlobStore = FsspecBlobs(url)

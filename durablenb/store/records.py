@@ -1,26 +1,18 @@
-"""Plain records exchanged between the store and the engine."""
+"""Plain records exchanged between the store and the engine.
+
+Each dataclass names its columns: rows are read into them by name (psycopg's `class_row`)
+and they are built with keyword arguments, so a column added to the schema never shifts a
+positional read.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-STEP_COLUMNS = (
-    "workflow_id, position, name, kind, status, output, codec, checksum, output_bytes, "
-    "error, error_type, error_message, error_traceback, attempts, code_hash, child_id, "
-    "started_at, finished_at, blob"
-)
 
-WORKFLOW_COLUMNS = (
-    "id, name, status, args_digest, inputs, inputs_codec, inputs_checksum, output, "
-    "output_codec, output_checksum, error, error_type, error_message, error_traceback, "
-    "code_hash, executor, parent_id, parent_position, forked_from, runs, created_at, "
-    "updated_at, finished_at, run_started_at, output_blob, inputs_blob"
-)
-
-
-@dataclass
+@dataclass(kw_only=True)
 class StepRecord:
     """One recorded step: its output (or error) at a position of a workflow."""
 
@@ -44,12 +36,12 @@ class StepRecord:
     finished_at: float | datetime | None = None
     blob: str | None = None
 
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> StepRecord:
-        return cls(*row)
+    def params(self) -> dict[str, Any]:
+        """The record as named statement parameters."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WorkflowRow:
     """A workflow's record."""
 
@@ -79,22 +71,34 @@ class WorkflowRow:
     run_started_at: datetime | None = None
     output_blob: str | None = None
     inputs_blob: str | None = None
+    lineage_id: str | None = None
+    archive_of: str | None = None
 
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> WorkflowRow:
-        return cls(*row)
+    @property
+    def lineage(self) -> str:
+        """The id signatures of this workflow's records are bound to."""
+        return self.lineage_id or self.id
 
 
-@dataclass
+def columns(cls: type) -> list[str]:
+    """The column names of a record class, in declaration order."""
+    return [f.name for f in fields(cls)]
+
+
+STEP_COLUMNS = ", ".join(columns(StepRecord))
+WORKFLOW_COLUMNS = ", ".join(columns(WorkflowRow))
+
+
+@dataclass(kw_only=True)
 class NewWorkflow:
     """What is recorded before a workflow starts."""
 
     id: str
     name: str
     args_digest: str | None
-    inputs: bytes
+    inputs: bytes | None
     inputs_codec: str
-    inputs_checksum: int
+    inputs_checksum: int | None
     code_hash: str | None
     executor: str
     parent_id: str | None = None
@@ -103,11 +107,11 @@ class NewWorkflow:
     inputs_blob: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """How a workflow ended: an encoded output or an encoded error."""
 
-    status: str  # "succeeded" | "failed" | "cancelled"
+    status: str  # "succeeded" | "failed"
     output: bytes | None = None
     codec: str | None = None
     checksum: int | None = None

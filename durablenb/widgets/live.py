@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
-from ..engine import events
+from ..engine import events, runtime
 
 __all__ = ["AutoTimelines", "enable", "disable", "widget_for"]
 
@@ -34,12 +33,14 @@ class AutoTimelines(events.Listener):
         return widget
 
     def workflow_submitted(self, workflow_id: str, name: str) -> None:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and _wanted():
             self._new(workflow_id)
 
     def workflow_started(self, run: Any) -> None:
         widget = _widgets.get(run.id)
         if widget is None:
+            if not run.store.settings.timeline:
+                return
             if run.parent_id is not None or threading.current_thread() is not threading.main_thread():
                 return
             widget = self._new(run.id)
@@ -80,11 +81,16 @@ class AutoTimelines(events.Listener):
 _listener = AutoTimelines()
 
 
+def _wanted() -> bool:
+    """Whether the connected store's settings want live timelines (``DURABLENB_TIMELINE``)."""
+    store = runtime.current_store()
+    return store is None or store.settings.timeline
+
+
 def enable() -> None:
     """Show a live timeline for workflows run from notebook cells (``DURABLENB_TIMELINE=0``
     turns it off)."""
-    if os.environ.get("DURABLENB_TIMELINE", "1") != "0":
-        events.add_listener(_listener)
+    events.add_listener(_listener)
 
 
 def disable() -> None:

@@ -1,0 +1,282 @@
+"""The checkpoint protocol: how one position of a workflow is replayed or run and recorded.
+
+Every kind of recorded position — step, transaction, child workflow, `dnb.start`, each
+`dnb.map` item, `now`/`random`/`sleep` — goes through `open_slot` and `Slot.close`:
+
+1. `open_slot` takes the next position (only in the workflow's own thread), asks the planner
+   what is recorded there, and returns a `Slot`: either holding the record to replay, or
+   ready to run (after checking for a cancel).
+2. The caller runs the body (`checkpoint` and `checkpoint_async` do it for one call; `map`
+   runs many slots on a pool) and hands the outcome, a `Done`, to `Slot.close`.
+3. `Slot.close` builds the record (an output that cannot be encoded becomes a recorded
+   `UnserializableOutputError`), writes it unless the kind wrote it itself (a transaction,
+   in its own database transaction), and returns the winner's outcome: when another
+   executor recorded the position first, that record is what the caller gets.
+
+Errors of the machinery (`NOT_RECORDED`) pass through every step of this without being
+recorded, so the workflow stays resumable.
+"""
+
+from __future__ import annotations
+
+import linecache
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _faults, codecs
+from ..errors import (
+    CodeChangedError,
+    CorruptRecordError,
+    DurableUsageError,
+    InvalidIdError,
+    NonDeterministicWorkflowError,
+    SchemaVersionError,
+    StorageError,
+    StoreUnavailableError,
+    UnhashableArgumentsError,
+    UnserializableOutputError,
+    WorkflowBusyError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+)
+from ..store import StepRecord, Store
+from . import planner, values
+from .context import WorkflowRun, check_thread, note_finished, note_running
+
+logger = logging.getLogger("durablenb")
+
+#: Errors of the machinery, not of the user's code: never recorded as a step's or
+#: workflow's outcome, so the workflow stays resumable.
+NOT_RECORDED: tuple[type[BaseException], ...] = (
+    StoreUnavailableError,
+    StorageError,
+    WorkflowBusyError,
+    WorkflowCancelledError,
+    NonDeterministicWorkflowError,
+    CodeChangedError,
+    CorruptRecordError,
+    SchemaVersionError,
+    WorkflowConflictError,
+    DurableUsageError,
+    InvalidIdError,
+    UnhashableArgumentsError,
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    """What is called at a position: its *kind*, *name* and code hash."""
+
+    kind: str
+    name: str
+    code: str | None = None
+
+
+@dataclass
+class Done:
+    """How running a position ended.
+
+    *ok* with *value* the output, else *value* the exception. *written*: the record the
+    kind wrote itself, with the workflow *status* read then; *winner*: a record another
+    executor wrote first (ours was rolled back).
+    """
+
+    ok: bool
+    value: Any
+    attempts: int = 1
+    child_id: str | None = None
+    written: StepRecord | None = None
+    status: str | None = None
+    winner: StepRecord | None = None
+
+
+class Slot:
+    """One position of a running workflow: replayed from its record, or run and recorded."""
+
+    def __init__(self, run: WorkflowRun, call: Call, position: int, recorded: StepRecord | None) -> None:
+        self.run = run
+        self.call = call
+        self.position = position
+        self.recorded = recorded
+        self.started_at = time.time()
+
+    def replay(self) -> Any:
+        """The recorded outcome: the output, or the recorded exception raised."""
+        __tracebackhide__ = True
+        assert self.recorded is not None
+        note_finished(self.run, self.recorded, True)
+        return replay(self.run, self.recorded)
+
+    def record(self, done: Done) -> StepRecord:
+        """The record of *done* (an output that cannot be encoded is recorded as an
+        `UnserializableOutputError`, which becomes *done*'s outcome)."""
+        run, call = self.run, self.call
+        rec = StepRecord(workflow_id=run.id, position=self.position, name=call.name, kind=call.kind,
+                         status="succeeded", attempts=done.attempts, code_hash=call.code,
+                         child_id=done.child_id, started_at=self.started_at,
+                         finished_at=time.time())  # fmt: skip
+        place = (run.lineage, self.position)
+        if done.ok:
+            try:
+                enc = values.encode_value(run.store, done.value, place)
+            except codecs.EncodingError as exc:
+                done.ok, done.value = False, unencodable(call.name, run.id, done.value, exc)
+            else:
+                rec.output, rec.codec, rec.checksum = enc.data, enc.codec, enc.checksum
+                rec.output_bytes, rec.blob = enc.size, enc.blob
+                return rec
+        err = values.encode_error(run.store, done.value, place)
+        rec.status, rec.error, rec.error_type = "failed", err.data, err.type_name
+        rec.error_message, rec.error_traceback = err.message, err.traceback_text
+        return rec
+
+    def close(self, done: Done) -> Any:
+        """Record *done* (unless already written) and return the outcome that holds."""
+        __tracebackhide__ = True
+        run = self.run
+        ours: StepRecord | None = None
+        try:
+            if done.winner is not None:
+                winner, status = done.winner, None
+            elif done.written is not None:
+                ours = winner = done.written
+                status = done.status
+            else:
+                ours = self.record(done)
+                winner, status = run.lease.record_step(ours)
+                if _faults.ACTIVE:
+                    _faults.point("record.written")
+        finally:
+            self.release()
+        if status == "cancelled":
+            run.cancelled = True
+        note_finished(run, winner, winner is not ours)
+        if winner is not ours:
+            return replay(run, winner)
+        if done.ok:
+            return done.value
+        raise done.value
+
+    def release(self) -> None:
+        """Forget that this position is executing (it ended, one way or another)."""
+        self.run.running.pop(self.position, None)
+
+
+def open_slot(run: WorkflowRun, call: Call, position: int | None = None) -> Slot:
+    """Take a position for *call* (or use *position*, reserved earlier) and plan it."""
+    __tracebackhide__ = True
+    check_thread(run, f"{call.kind} {call.name!r}")
+    pos = run.take() if position is None else position
+    decision = planner.at_position(run.plan, run.records.get(pos), run.id, pos, call.name,
+                                   call.kind, call.code)  # fmt: skip
+    if isinstance(decision, planner.Fork):
+        fork_run(run, decision)
+        decision = None
+    slot = Slot(run, call, pos, decision)
+    if decision is None:
+        if run.is_cancelled():
+            raise WorkflowCancelledError(run.id)
+        note_running(run, pos, call.name, call.kind, slot.started_at)
+    return slot
+
+
+def checkpoint(run: WorkflowRun, call: Call, execute: Callable[[Slot], Done]) -> Any:
+    """Replay *call* at the next position, or run it with *execute* and record it."""
+    __tracebackhide__ = True
+    slot = open_slot(run, call)
+    if slot.recorded is not None:
+        return slot.replay()
+    try:
+        done = execute(slot)
+    except BaseException:
+        slot.release()
+        raise
+    return slot.close(done)
+
+
+async def checkpoint_async(run: WorkflowRun, call: Call, execute: Callable[[Slot], Awaitable[Done]]) -> Any:
+    """`checkpoint` for a body that is awaited."""
+    __tracebackhide__ = True
+    slot = open_slot(run, call)
+    if slot.recorded is not None:
+        return slot.replay()
+    try:
+        done = await execute(slot)
+    except BaseException:
+        slot.release()
+        raise
+    return slot.close(done)
+
+
+def fork_run(run: WorkflowRun, fork: planner.Fork) -> None:
+    """Drop records from the fork's position on (the old run kept as an archive)."""
+    if run.archive_id is None:
+        run.archive_id = run.lease.archive()
+    run.lease.truncate(fork.position, run.archive_id)
+    for p in [p for p in run.records if p >= fork.position]:
+        del run.records[p]
+    note = (f"{fork.why}: re-running from position {fork.position}; the previous run is kept "
+            f"as {run.archive_id!r}")  # fmt: skip
+    run.notes.append(note)
+    logger.warning("workflow %s: %s", run.id, note)
+
+
+def unencodable(name: str, workflow_id: str, value: Any, cause: Exception) -> UnserializableOutputError:
+    """The error recorded for an output of step *name* that cannot be encoded."""
+    type_name = f"{type(value).__module__}.{type(value).__qualname__}"
+    err = UnserializableOutputError(
+        f"step {name!r} of workflow {workflow_id!r} returned a {type_name} that cannot be "
+        f"recorded ({cause}). The step ran; it is recorded as failed so it is not re-run "
+        "silently. Return something picklable (for example a DataFrame or a dict) and rerun.",
+        step=name,
+        type_name=type_name,
+    )
+    err.__cause__ = cause
+    return err
+
+
+# -- replaying a record ---------------------------------------------------------------------
+
+
+def _what(run_id: str, rec: StepRecord) -> str:
+    return f"output of step {rec.name!r} (position {rec.position}) of workflow {run_id!r}"
+
+
+def replay(run: WorkflowRun, rec: StepRecord) -> Any:
+    """The recorded output of *rec*, or its recorded exception raised."""
+    __tracebackhide__ = True
+    return replay_record(run.store, run.lineage, run.id, rec)
+
+
+def replay_record(store: Store, lineage: str, workflow_id: str, rec: StepRecord) -> Any:
+    """The output recorded in *rec* (of *workflow_id*, whose records are bound to
+    *lineage*), or its recorded exception raised."""
+    __tracebackhide__ = True
+    place = (lineage, rec.position)
+    if rec.status == "succeeded":
+        return values.decode_value(store, rec.codec or "", rec.output, rec.checksum, rec.blob,
+                                   _what(workflow_id, rec), place)  # fmt: skip
+    exc = values.decode_error(store, rec.error, rec.error_type, rec.error_message,
+                              rec.error_traceback, place,
+                              f"error of step {rec.name!r} (position {rec.position}) of workflow "
+                              f"{workflow_id!r}")  # fmt: skip
+    add_note(exc, f"durablenb: re-raised from the record of step {rec.name!r} (position "
+                  f"{rec.position}) of workflow {workflow_id!r}; the step did not run again")  # fmt: skip
+    raise_recorded(exc, f"recorded error of step {rec.name!r}")
+
+
+def raise_recorded(exc: BaseException, label: str) -> None:
+    """Raise *exc* from a frame named *label*, so tracebacks end at a label, not engine code."""
+    __tracebackhide__ = True
+    source = "raise recorded_error  # replayed from its record: nothing ran again\n"
+    filename = f"<durablenb: {label}>"
+    linecache.cache[filename] = (len(source), None, [source], filename)
+    exec(compile(source, filename, "exec"), {"recorded_error": exc.with_traceback(None)})
+
+
+def add_note(exc: BaseException, text: str) -> None:
+    if hasattr(exc, "add_note") and text not in getattr(exc, "__notes__", ()):
+        exc.add_note(text)

@@ -1,0 +1,114 @@
+"""Settings: every environment variable durablenb reads, resolved once by `connect()`.
+
+=============================  ==================================  =================================
+variable                       `Settings` field                    meaning (default)
+=============================  ==================================  =================================
+``DURABLENB_DATABASE_URL``     ``database_url``                    a PostgreSQL server (embedded)
+``DURABLENB_HOME``             ``home``                            embedded server's and blobs' folder
+``DURABLENB_SCHEMA``           ``schema``                          schema of the records (durablenb)
+``DURABLENB_BLOB_URL``         ``blob_url``                        folder or fsspec URL of blobs
+``DURABLENB_BLOB_THRESHOLD``   ``blob_threshold``                  bytes from which values are blobs
+``DURABLENB_COMPRESSION``      ``compression``                     none, lz4 or zstd (per blob store)
+``DURABLENB_SECRET``           ``secret``                          HMAC key signing pickled records
+``DURABLENB_RETRY_SECONDS``    ``retry_seconds``                   how long writes ride out an outage
+``DURABLENB_SYNC_STATUS``      ``sync_status``                     start rows commit synchronously too
+``DURABLENB_TIMELINE``         ``timeline``                        live timelines in kernels (1)
+``DURABLENB_FAULT``            ``fault``                           test kill point ``phase@n``
+``DURABLENB_FAULT_COUNT``      ``fault_count``                     test file listing kill points
+=============================  ==================================  =================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "ENV"]
+
+#: Environment variable of each field.
+ENV = {
+    "database_url": "DURABLENB_DATABASE_URL",
+    "home": "DURABLENB_HOME",
+    "schema": "DURABLENB_SCHEMA",
+    "blob_url": "DURABLENB_BLOB_URL",
+    "blob_threshold": "DURABLENB_BLOB_THRESHOLD",
+    "compression": "DURABLENB_COMPRESSION",
+    "secret": "DURABLENB_SECRET",
+    "retry_seconds": "DURABLENB_RETRY_SECONDS",
+    "sync_status": "DURABLENB_SYNC_STATUS",
+    "timeline": "DURABLENB_TIMELINE",
+    "fault": "DURABLENB_FAULT",
+    "fault_count": "DURABLENB_FAULT_COUNT",
+}
+
+_COMPRESSIONS = ("none", "lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one connection (see the module table)."""
+
+    database_url: str | None = None
+    home: Path | None = None
+    schema: str = "durablenb"
+    blob_url: str | None = None
+    blob_threshold: int = 1 << 20
+    #: None: each blob store's default; "none", "lz4" or "zstd" to override it.
+    compression: str | None = None
+    secret: bytes | None = dataclasses.field(default=None, repr=False)
+    retry_seconds: float = 30.0
+    sync_status: bool = False
+    timeline: bool = True
+    fault: str = ""
+    fault_count: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from *environ* (default `os.environ`), then *overrides* that are not None.
+
+        A malformed value raises `ValueError` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        raw = {field: env.get(var) or None for field, var in ENV.items()}
+        values: dict[str, Any] = {}
+        for field, text in raw.items():
+            if text is not None:
+                values[field] = _parse(field, text)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with *changes*."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(field: str, text: str) -> Any:
+    var = ENV[field]
+    try:
+        if field == "home":
+            return Path(text).expanduser()
+        if field == "blob_threshold":
+            value = int(text)
+            if value < 0:
+                raise ValueError("must be >= 0")
+            return value
+        if field == "retry_seconds":
+            seconds = float(text)
+            if seconds < 0:
+                raise ValueError("must be >= 0")
+            return seconds
+        if field in ("sync_status", "timeline"):
+            return text.strip().lower() not in ("", "0", "false", "no", "off")
+        if field == "compression":
+            if text not in _COMPRESSIONS:
+                raise ValueError(f"one of {', '.join(_COMPRESSIONS)}")
+            return text
+        if field == "secret":
+            return text.encode()
+    except ValueError as exc:
+        raise ValueError(f"{var}={text!r} is not valid: {exc}") from None
+    return text
