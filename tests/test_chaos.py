@@ -9,10 +9,13 @@ from . import chaos
 
 def test_kill_matrix_subset(schema, dsn, tmp_path):
     base_env = dict(os.environ)  # the schema fixture points it at this test's schema
-    summary = chaos.run_matrix(trials=6, seed=2026, base_env=base_env, dsn=dsn, schema=schema,
+    summary = chaos.run_matrix(trials=8, seed=2026, base_env=base_env, dsn=dsn, schema=schema,
                                kills_per_trial=3, log=lambda s: None)  # fmt: skip
     assert summary["violations"] == []
-    assert summary["workflows_finished_right"] == 6
+    assert summary["workflows_finished_right"] == 8
+    outside = summary["faults_from_outside"]
+    assert outside.get("cancel", 0) + outside.get("cancel (too late)", 0) == 2
+    assert outside.get("gc.lookalike", 0) >= 1
     assert summary["kills"] >= 8  # a drawn point may not be reached once earlier steps replay
     assert summary["kill_points_offered"] >= 40
     from durablenb._faults import PHASES

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import durablenb as dnb
 
 from .conftest import REPO
@@ -71,9 +73,21 @@ def two():
 def one():
     return first()
 
+@dnb.step
+def quick():
+    return 0
+
+@dnb.workflow
+def between():
+    a = quick()
+    hit("between")  # the workflow's own code, between two steps: the cancel lands here
+    while not (EFFECTS / "go").exists():
+        time.sleep(0.01)
+    return [a, second()]
+
 with dnb.workflow_id(sys.argv[2]):
     try:
-        print(json.dumps((two if sys.argv[1] == "two" else one)()))
+        print(json.dumps({"two": two, "one": one, "between": between}[sys.argv[1]]()))
     except dnb.WorkflowCancelledError:
         print(json.dumps("cancelled"))
 """
@@ -99,9 +113,12 @@ def _status(sql, schema, wid):
     return sql.execute(f'SELECT status FROM "{schema}".workflows WHERE id = %s', [wid]).fetchone()[0]
 
 
-def test_a_cancel_from_the_cli_stops_the_workflow_before_its_next_step(run_child, effects, sql, schema):
-    proc = run_child(TWO_STEPS, "two", "cancel-me", background=True)
-    _wait_for(effects, "first")
+@pytest.mark.parametrize("shape,waits_in", [("two", "first"), ("between", "between")])
+def test_a_cancel_from_the_cli_stops_the_workflow_before_its_next_step(
+    run_child, effects, sql, schema, shape, waits_in
+):
+    proc = run_child(TWO_STEPS, shape, "cancel-me", background=True)
+    _wait_for(effects, waits_in)  # inside a step, or in the workflow's code between steps
     assert _cli("cancel", "cancel-me") == "cancelled"
     (effects.root / "go").write_text("go")
     out, err = proc.communicate(timeout=60)
@@ -176,7 +193,9 @@ def child(n):
 
 @dnb.workflow
 def parent():
-    return dnb.start(child, 3).result()
+    with dnb.workflow_id("report-child"):  # an id of its own, not derived from the parent's
+        h = dnb.start(child, 3)
+    return h.result()
 
 with dnb.workflow_id("parent"):
     try:
@@ -195,7 +214,7 @@ def test_started_children_honour_a_cancel_of_their_parent(run_child, effects, sq
     out, err = proc.communicate(timeout=60)
     assert json.loads(out) == "cancelled", err[-2000:]
     assert effects.count("tick") == 1  # the child stopped before its next step
-    assert _status(sql, schema, "parent/0") == "cancelled"
+    assert _status(sql, schema, "report-child") == "cancelled"
 
 
 RESUMED = """

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 from ..engine import Step, Transaction, Workflow, WorkflowHandle, runtime, values
 from ..engine.checkpoint import replay_record
 from ..engine.context import _explicit_id
-from ..engine.handles import run_recorded, submit
+from ..engine.handles import launch
 from ..engine.identity import check_id
 from ..engine.kinds import record_value
 from ..errors import (
@@ -199,9 +199,8 @@ def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
                                        (row.lineage, "inputs"))  # fmt: skip
     inputs = values.Stored(row.inputs_codec, None if row.inputs is None else bytes(row.inputs),
                            row.inputs_checksum, 0, row.inputs_blob)  # fmt: skip
-    fut = submit(run_recorded, wf, wid, tuple(args), dict(kwargs), None, inputs, store=store,
-                 position=row.parent_position, parent_id=row.parent_id)  # fmt: skip
-    return WorkflowHandle(wid, fut)
+    return launch(wf, wid, tuple(args), dict(kwargs), None, inputs, store=store,
+                  position=row.parent_position, parent_id=row.parent_id)  # fmt: skip
 
 
 def output(workflow_id: str, step: int | str) -> Any:

@@ -42,10 +42,22 @@ def run_recorded(spec: Workflow, *args: Any, **kw: Any) -> Any:
     return execute(kw.pop("store"), spec, *args, **kw)
 
 
+#: Background runs of this process, by workflow id (a handle made earlier follows them).
+_inflight: dict[str, cf.Future[Any]] = {}
+
+
 def submit(fn: Any, *args: Any, **kwargs: Any) -> cf.Future[Any]:
     """Run *fn* on the background pool in a fresh context (no enclosing workflow)."""
     ctx = contextvars.Context()
     return _executor().submit(ctx.run, fn, *args, **kwargs)
+
+
+def launch(wf: Workflow, wid: str, *args: Any, **kwargs: Any) -> WorkflowHandle:
+    """Run workflow *wid* in the background (`run_recorded`); its handle."""
+    fut = submit(run_recorded, wf, wid, *args, **kwargs)
+    _inflight[wid] = fut
+    fut.add_done_callback(lambda f: _inflight.pop(wid, None) if _inflight.get(wid) is f else None)
+    return WorkflowHandle(wid, fut)
 
 
 class WorkflowHandle:
@@ -98,21 +110,28 @@ class WorkflowHandle:
 
     def _wait_for_record(self, deadline: float | None, poll: float) -> Any:
         store = runtime.store()
+        unheld_since: float | None = None
         while True:
+            other = _inflight.get(self.workflow_id)
+            if other is not None and other is not self._future:
+                return WorkflowHandle(self.workflow_id, other).result(
+                    None if deadline is None else max(deadline - time.monotonic(), 0), poll)
             row = store.get_workflow(self.workflow_id)
             if row is None:
                 raise WorkflowNotFoundError(f"no workflow {self.workflow_id!r} is recorded")
             if row.status not in ("running", "superseded"):
                 return recorded_outcome(row, store)
             if row.status == "running" and not store.is_held(self.workflow_id):
-                # Re-read: it may have finished between the two queries.
-                row = store.get_workflow(self.workflow_id)
-                if row is not None and row.status == "running":
+                # Nobody holds it: interrupted, unless an executor is about to take it (a
+                # resume elsewhere reopens it a moment before it locks it).
+                unheld_since = unheld_since or time.monotonic()
+                if time.monotonic() - unheld_since > 2.0:
                     raise DurableError(
                         f"workflow {self.workflow_id!r} was interrupted and nobody runs it; "
                         "rerun it, or call dnb.resume(id)"
                     )
-                continue
+            else:
+                unheld_since = None
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {self.workflow_id!r} is still running")
             time.sleep(poll)
@@ -137,7 +156,7 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
         store, wid, digest, inputs = _top_level(wf, args, kwargs)
         if events.listeners:
             events.emit("workflow_submitted", wid, wf.name)
-        return WorkflowHandle(wid, submit(run_recorded, wf, wid, args, kwargs, digest, inputs, store=store))
+        return launch(wf, wid, args, kwargs, digest, inputs, store=store)
     explicit = _explicit_id.get()
     slot = open_slot(parent, Call("start", wf.name, wf.code_hash))
     if slot.recorded is not None:
@@ -152,9 +171,8 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
             raise
         wid = slot.close(Done(True, wid, child_id=wid))
     digest = args_digest(wf.name, args, kwargs, required=False)
-    fut = submit(run_recorded, wf, wid, args, kwargs, digest, inputs, store=parent.store,
-                 position=slot.position, parent_id=parent.id)  # fmt: skip
-    return WorkflowHandle(wid, fut)
+    return launch(wf, wid, args, kwargs, digest, inputs, store=parent.store, position=slot.position,
+                  parent_id=parent.id)  # fmt: skip
 
 
 def retrieve(workflow_id: str) -> WorkflowHandle:

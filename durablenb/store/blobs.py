@@ -41,11 +41,16 @@ class HashingWriter:
         self._half = False
 
     def write(self, data: Any) -> int:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         if _faults.ACTIVE and not self._half and self.size >= 1 << 20:
             self._half = True
             _faults.point("blob.mid_write")
-        self.raw.write(view)
+        rest = view
+        while rest.nbytes:  # a raw file may take part of it (a full disk): write the rest
+            n = self.raw.write(rest)
+            if not n:
+                raise OSError(28, "no space left on device (a write took no bytes)")
+            rest = rest[n:]
         self.sha.update(view)
         self.crc = zlib.crc32(view, self.crc)
         self.size += view.nbytes
