@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check durablenb tests bench
+	$(PY) -m mypy
 
 # Debian's Chromium drives JupyterLab in the browser test (never a downloaded browser).
 browser:

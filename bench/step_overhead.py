@@ -1,8 +1,9 @@
 """Cost of a checkpointed step and of a one-step workflow, against baselines in the same run.
 
-    python bench/step_overhead.py [--dsn URL] [--steps 300] [--workflows 300] [--rounds 5]
+    python bench/step_overhead.py [--dsn URL] [--steps 300] [--workflows 300] [--rounds 7]
 
-Baselines, on the same database in the same process:
+Baselines, on the same database in the same process, interleaved round by round so that
+drift on a shared machine hits all of them alike:
 - the floor: one autocommitted single-row INSERT through psycopg (what any durable record
   costs: a round trip and a WAL flush);
 - DBOS (``dbos`` from PyPI) running the same workflows, when it is installed.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import sys
 import tempfile
@@ -34,69 +36,94 @@ def median_us(samples: list[float], per: int) -> float:
     return statistics.median(samples) / per * 1e6
 
 
-def time_workflows(many, one, n_steps: int, n_wf: int, rounds: int) -> tuple[float, float]:
-    """µs per step of *many* (an n-step workflow) and per call of *one* (a one-step workflow),
-    medians over *rounds*, after a warm-up; the same loop for every system."""
-    many(10, "warm")
-    for i in range(20):
-        one(-i - 1)
-    step_samples, wf_samples = [], []
-    for r in range(rounds):
+class Floor:
+    """The floor: one autocommitted single-row INSERT through psycopg, prepared."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("DROP TABLE IF EXISTS bench_floor")
+        self.conn.execute("CREATE TABLE bench_floor (id bigint PRIMARY KEY, v bytea)")
+        self.k = 0
+
+    def batch(self, n: int) -> float:
+        """Seconds for *n* inserts."""
         t = time.perf_counter()
-        many(n_steps, r)
-        step_samples.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(n_wf):
-            one(r * n_wf + i)
-        wf_samples.append(time.perf_counter() - t)
-    return median_us(step_samples, n_steps), median_us(wf_samples, n_wf)
+        for _ in range(n):
+            self.k += 1
+            self.conn.execute("INSERT INTO bench_floor VALUES (%s, %s)", [self.k, b"1"], prepare=True)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.conn.execute("DROP TABLE bench_floor")
+        self.conn.close()
 
 
-def bench_floor(dsn: str, n: int, rounds: int) -> float:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_floor")
-        conn.execute("CREATE TABLE bench_floor (id bigint PRIMARY KEY, v bytea)")
-        samples = []
-        k = 0
-        for _ in range(rounds):
-            t = time.perf_counter()
-            for _ in range(n):
-                k += 1
-                conn.execute("INSERT INTO bench_floor VALUES (%s, %s)", [k, b"1"], prepare=True)
-            samples.append(time.perf_counter() - t)
-        conn.execute("DROP TABLE bench_floor")
-    return median_us(samples, n)
+def workflows_of(decorate_step, decorate_workflow):
+    """The two workflows every system runs: *many* (n steps) and *one* (one step)."""
 
-
-def bench_durablenb(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[float, float]:
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    dnb.connect(dsn, schema=schema)
-
-    @dnb.step
+    @decorate_step
     def tiny(i):
         return i
 
-    @dnb.workflow
+    @decorate_workflow
     def many(n, tag):
         total = 0
         for i in range(n):
             total += tiny(i)
         return total
 
-    @dnb.workflow
+    @decorate_workflow
     def one(tag):
         return tiny(tag)
 
-    result = time_workflows(many, one, n_steps, n_wf, rounds)
+    return many, one
+
+
+def time_round(many, one, n_steps: int, n_wf: int, r: int) -> tuple[float, float]:
+    """Seconds for an *n_steps* workflow and for *n_wf* one-step workflows."""
+    t = time.perf_counter()
+    many(n_steps, r)
+    steps = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(n_wf):
+        one(r * n_wf + i)
+    return steps, time.perf_counter() - t
+
+
+def run(dsn: str, n_steps: int, n_wf: int, rounds: int, with_dbos: bool) -> dict[str, list[float]]:
+    """Rounds that interleave the floor, durablenb and DBOS, so drift on a shared machine
+    hits all of them alike; per-round figures in µs."""
+    floor = Floor(dsn)
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    dnb.connect(dsn, schema=schema)
+    ours = workflows_of(dnb.step, dnb.workflow)
+    dbos = setup_dbos(dsn) if with_dbos else None
+    systems = [("durablenb", ours)] + ([("DBOS", dbos)] if dbos else [])
+    for _, (many, one) in systems:  # warm-up
+        many(10, "warm")
+        for i in range(20):
+            one(-i - 1)
+    out: dict[str, list[float]] = {"floor": []}
+    for r in range(rounds):
+        out["floor"].append(floor.batch(n_steps) / n_steps * 1e6)
+        for name, (many, one) in systems:
+            steps, wfs = time_round(many, one, n_steps, n_wf, r)
+            out.setdefault(f"{name} step", []).append(steps / n_steps * 1e6)
+            out.setdefault(f"{name} workflow", []).append(wfs / n_wf * 1e6)
+    floor.close()
+    if dbos:
+        from dbos import DBOS
+
+        DBOS.destroy(destroy_registry=True)
     from durablenb.engine import runtime
 
     runtime.disconnect()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    return result
+    return out
 
 
-def bench_dbos(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[float, float] | None:
+def setup_dbos(dsn: str):
     try:
         from dbos import DBOS
     except ImportError:
@@ -106,29 +133,12 @@ def bench_dbos(dsn: str, n_steps: int, n_wf: int, rounds: int) -> tuple[float, f
     url = dsn
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-
-    @DBOS.step()
-    def tiny(i):
-        return i
-
-    @DBOS.workflow()
-    def many(n, tag):
-        total = 0
-        for i in range(n):
-            total += tiny(i)
-        return total
-
-    @DBOS.workflow()
-    def one(tag):
-        return tiny(tag)
-
+    pair = workflows_of(DBOS.step(), DBOS.workflow())
     DBOS(config={"name": "durablenb_bench", "system_database_url": url,
                  "run_admin_server": False, "log_level": "WARNING"})  # fmt: skip
     DBOS.launch()
     logging.getLogger("dbos").setLevel(logging.WARNING)
-    result = time_workflows(many, one, n_steps, n_wf, rounds)
-    DBOS.destroy(destroy_registry=True)
-    return result
+    return pair
 
 
 def main() -> int:
@@ -136,7 +146,7 @@ def main() -> int:
     ap.add_argument("--dsn", default=None, help="PostgreSQL URL (default: embedded server)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--workflows", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-dbos", action="store_true")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args()
@@ -145,31 +155,30 @@ def main() -> int:
     dsn = args.dsn
     if dsn is None:
         home = os.environ.get("DURABLENB_HOME") or tempfile.mkdtemp(prefix="durablenb-bench-")
-        dsn = server.start(__import__("pathlib").Path(home))
+        dsn = server.start(pathlib.Path(home))
     backend = "embedded" if args.dsn is None else "server"
-
-    floor = bench_floor(dsn, args.steps, args.rounds)
-    ours_step, ours_wf = bench_durablenb(dsn, args.steps, args.workflows, args.rounds)
-    dbos = None if args.no_dbos else bench_dbos(dsn, args.steps, args.workflows, args.rounds)
-
+    res = run(dsn, args.steps, args.workflows, args.rounds, not args.no_dbos)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    # Ratios per round (each against the floor measured in that round), then their median.
+    ratio = {k: statistics.median(x / f for x, f in zip(v, res["floor"], strict=True))
+             for k, v in res.items()}
     print(f"\nstep overhead — {backend} PostgreSQL, {args.steps}-step workflow, "
-          f"{args.workflows} one-step workflows, median of {args.rounds} rounds\n")  # fmt: skip
+          f"{args.workflows} one-step workflows, {args.rounds} interleaved rounds (medians)\n")  # fmt: skip
     print(f"| {'measure':<28} | {'durablenb':>10} | {'INSERT floor':>12} | {'DBOS':>10} "
           f"| {'vs floor':>8} | {'DBOS / ours':>11} |")  # fmt: skip
     print(f"|{'-' * 30}|{'-' * 12}|{'-' * 14}|{'-' * 12}|{'-' * 10}|{'-' * 13}|")
-    rows = [("µs per step", ours_step, floor, dbos[0] if dbos else None),
-            ("µs per one-step workflow", ours_wf, floor, dbos[1] if dbos else None)]  # fmt: skip
-    for label, ours, fl, other in rows:
+    for label, key in (("µs per step", "step"), ("µs per one-step workflow", "workflow")):
+        ours, other = med[f"durablenb {key}"], med.get(f"DBOS {key}")
         o = f"{other:10.0f}" if other else f"{'n/a':>10}"
-        ratio = f"{other / ours:10.1f}x" if other else f"{'n/a':>11}"
-        print(f"| {label:<28} | {ours:10.0f} | {fl:12.0f} | {o} | {ours / fl:7.2f}x | {ratio} |")
+        pairs = zip(res.get(f"DBOS {key}", []), res[f"durablenb {key}"], strict=False)
+        faster = f"{statistics.median(d / u for d, u in pairs):10.1f}x" if other else f"{'n/a':>11}"
+        print(f"| {label:<28} | {ours:10.0f} | {med['floor']:12.0f} | {o} | "
+              f"{ratio[f'durablenb {key}']:7.2f}x | {faster} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"backend": backend, "floor_us": floor, "step_us": ours_step,
-                       "workflow_us": ours_wf, "dbos_step_us": dbos and dbos[0],
-                       "dbos_workflow_us": dbos and dbos[1]}, f, indent=2)  # fmt: skip
+            json.dump({"backend": backend, "rounds": res, "medians": med, "ratios": ratio}, f, indent=2)
     if home is not None and not os.environ.get("DURABLENB_HOME"):
-        server.stop(__import__("pathlib").Path(home))
+        server.stop(pathlib.Path(home))
     return 0
 
 

@@ -48,6 +48,8 @@ NPY = "npy"  # numpy's .npy format: numeric, bool, datetime and string arrays
 #: JSON is used only for values with at most this many scalars; larger ones pickle faster.
 JSON_MAX_ITEMS = 1000
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 class EncodingError(TypeError):
     """The value cannot be encoded by any codec."""
@@ -127,7 +129,7 @@ def encode(value: Any, codec: str | None = None, seal: Seal | None = None) -> En
     """
     codec = codec or choose(value)
     if codec == JSON:
-        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        data = _JSON.encode(value).encode()
         return Encoded(JSON, data, zlib.crc32(data))
     if codec in (ARROW, NPY):
         import io

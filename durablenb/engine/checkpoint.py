@@ -80,8 +80,7 @@ class Done:
     """How running a position ended.
 
     *ok* with *value* the output, else *value* the exception. *written*: the record the
-    kind wrote itself, with the workflow *status* read then; *winner*: a record another
-    executor wrote first (ours was rolled back).
+    kind wrote itself; *winner*: a record another executor wrote first (ours was rolled back).
     """
 
     ok: bool
@@ -89,7 +88,6 @@ class Done:
     attempts: int = 1
     child_id: str | None = None
     written: StepRecord | None = None
-    status: str | None = None
     winner: StepRecord | None = None
 
 
@@ -140,19 +138,16 @@ class Slot:
         ours: StepRecord | None = None
         try:
             if done.winner is not None:
-                winner, status = done.winner, None
+                winner = done.winner
             elif done.written is not None:
                 ours = winner = done.written
-                status = done.status
             else:
                 ours = self.record(done)
-                winner, status = run.lease.record_step(ours)
+                winner = run.lease.record_step(ours)
                 if _faults.ACTIVE:
                     _faults.point("record.written")
         finally:
             self.release()
-        if status == "cancelled":
-            run.cancelled = True
         note_finished(run, winner, winner is not ours)
         if winner is not ours:
             return replay(run, winner)

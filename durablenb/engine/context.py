@@ -66,7 +66,8 @@ class WorkflowRun:
 
     def ancestors(self) -> list[str]:
         """Ids of this run and the runs it was called from, innermost first."""
-        out, run = [], self
+        out: list[str] = []
+        run: WorkflowRun | None = self
         while run is not None:
             out.append(run.id)
             run = run.parent

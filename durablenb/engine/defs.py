@@ -37,6 +37,9 @@ class _Durable:
     def __repr__(self) -> str:
         return f"<durablenb {self.kind} {self.name!r}>"
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError  # each kind calls its own protocol
+
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self
@@ -64,7 +67,7 @@ def _resolve(module: str, qualname: str) -> Any:
     return found
 
 
-def _rebuild(cls: type, fn: Callable[..., Any], state: dict[str, Any]) -> Any:
+def _rebuild(cls: type[_Durable], fn: Callable[..., Any], state: dict[str, Any]) -> Any:
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     obj.fn = fn

@@ -21,7 +21,7 @@ def function_name(fn: Callable[..., Any]) -> str:
     """A stable name: the qualified name, prefixed by the module unless it is ``__main__``."""
     fn = inspect.unwrap(fn)
     module = getattr(fn, "__module__", None) or "__main__"
-    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
+    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
     qualname = qualname.replace(".<locals>", "")
     if module == "__main__" or module.startswith("__ipython") or module.startswith("ipykernel"):
         return qualname

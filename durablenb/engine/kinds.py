@@ -157,12 +157,11 @@ def _transaction_once(store: Store, spec: Transaction, args: tuple[Any, ...], kw
         rec = slot.record(done)
         if not done.ok:  # the output cannot be encoded: roll the body back, record the error
             raise _RolledBack(done)
-        inserted, status = store.insert_step_in(conn, rec)
-        if not inserted:  # another executor recorded this position first: ours rolls back
+        if not store.insert_step_in(conn, rec):  # another executor recorded it first: roll back
             raise _RolledBack(None)
         if _faults.ACTIVE:
             _faults.point("txn.before_commit")
-        done.written, done.status = rec, status
+        done.written = rec
     if _faults.ACTIVE:
         _faults.point("txn.after_commit")
     return done

@@ -113,12 +113,11 @@ def map(
     if slots:
         _run_pending(spec, items, slots, run, workers, payloads, results, failures)
     if failures:
-        i = min(failures)
-        exc = failures[i]
-        if len(failures) > 1 and hasattr(exc, "add_note"):
-            exc.add_note(f"dnb.map: {len(failures)} of {len(items)} items failed; "
-                         f"items {sorted(failures)}")  # fmt: skip
-        raise exc
+        failure = failures[min(failures)]
+        if len(failures) > 1 and hasattr(failure, "add_note"):
+            failure.add_note(f"dnb.map: {len(failures)} of {len(items)} items failed; "
+                             f"items {sorted(failures)}")  # fmt: skip
+        raise failure
     return results
 
 
@@ -143,7 +142,7 @@ def _pool(workers: int, use_processes: bool) -> cf.Executor:
         # which spawn reads; the workers need nothing from __main__ (items are cloudpickled).
         main = sys.modules.get("__main__")
         if main is not None and not hasattr(main, "__spec__"):
-            main.__spec__ = None  # type: ignore[attr-defined]
+            main.__spec__ = None
         return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="durablenb-map")
 

@@ -26,9 +26,16 @@ _embedded: Any = None
 _atexit = False
 
 
+_executor: tuple[int, str] | None = None
+
+
 def executor_id() -> str:
     """``host:pid`` of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    global _executor
+    pid = os.getpid()
+    if _executor is None or _executor[0] != pid:  # computed once per process (forks too)
+        _executor = (pid, f"{socket.gethostname()}:{pid}")
+    return _executor[1]
 
 
 def connect(dsn: str | None = None, *, schema: str | None = None, settings: Settings | None = None,

@@ -16,6 +16,8 @@ from ..store import Store
 
 Place = tuple[object, ...]
 
+_SCALARS = frozenset({int, str, bool, float, type(None)})
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -40,6 +42,10 @@ def encode_value(store: Store, value: Any, place: Place) -> Stored:
     Raises `codecs.EncodingError` when no codec can encode it, `StorageError` when the blob
     store cannot take it.
     """
+    if type(value) in _SCALARS and codecs.choose(value) == codecs.JSON:  # the common small case
+        enc = codecs.encode(value, codecs.JSON)
+        if enc.size < store.settings.blob_threshold:
+            return Stored(enc.codec, enc.data, enc.checksum, enc.size)
     codec = codecs.choose(value)
     blobs = store.blobs
     threshold = store.settings.blob_threshold

@@ -72,8 +72,8 @@ def workflows(
     cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit, until)
     held = store.held_keys() if any(r[2] == "running" for r in rows) else set()
     fixed = []
-    for r in rows:
-        r = list(r)
+    for row in rows:
+        r = list(row)
         if r[2] == "running" and store.lock_key(r[0]) not in held:
             r[2] = "interrupted"
         fixed.append(tuple(r))

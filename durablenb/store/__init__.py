@@ -71,38 +71,9 @@ class _Queries:
 
     def __init__(self, qschema: str) -> None:
         s = self.s = qschema
-        # The row that opens a workflow may commit asynchronously (see docs/design.md): WAL
-        # order makes it durable no later than the first step record.
-        mode = "coalesce(%(commit_mode)s, current_setting('synchronous_commit'))"
-        self.begin = (
-            f"WITH cfg AS (SELECT set_config('synchronous_commit', {mode}, true) AS v), "
-            "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
-            f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
-            "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
-            "forked_from, run_started_at, inputs_blob, lineage_id) "
-            "SELECT %(id)s, %(name)s, "
-            # A child created after its parent was cancelled starts cancelled.
-            f"CASE WHEN EXISTS (SELECT 1 FROM {s}.workflows p WHERE p.id = %(parent_id)s "
-            "AND p.status = 'cancelled') THEN 'cancelled' ELSE 'running' END, "
-            "%(args_digest)s, %(inputs)b, %(inputs_codec)s, %(inputs_checksum)s, %(code_hash)s, "
-            "%(executor)s, %(parent_id)s, %(parent_position)s, %(forked_from)s, "
-            "to_timestamp(%(started)s), %(inputs_blob)s, %(id)s "
-            "FROM lk WHERE lk.got ON CONFLICT (id) DO NOTHING RETURNING status) "
-            "SELECT lk.got, (SELECT status FROM ins), (SELECT v FROM cfg) FROM lk"
-        )
-        values = ", ".join(
-            f"to_timestamp(%({c})s)" if c.endswith("_at") else f"%({c})b" if c in ("output", "error")
-            else f"%({c})s"
-            for c in STEP_COLUMNS.split(", ")
-        )  # fmt: skip
-        # One round trip writes the record and reads the workflow's status: a cancel that
-        # committed before the write is seen before the next step starts.
-        self.insert_step = (
-            f"WITH ins AS (INSERT INTO {s}.steps ({STEP_COLUMNS}) VALUES ({values}) "
-            "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1) "
-            f"SELECT EXISTS (SELECT 1 FROM ins), (SELECT status FROM {s}.workflows "
-            "WHERE id = %(workflow_id)s)"
-        )
+        self.begin = self._begin(child=False)
+        self.begin_child = self._begin(child=True)
+        self._inserts: dict[tuple[str, ...], str] = {}
         self.finish = (
             f"WITH upd AS (UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
             "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
@@ -112,9 +83,52 @@ class _Queries:
             "finished_at = clock_timestamp() WHERE id = %(id)s AND status = 'running' RETURNING 1) "
             # A transaction-level hold on the same key keeps the workflow locked until this
             # statement commits, so the session lock can be let go in the same round trip.
-            f"SELECT (SELECT count(*) FROM upd), (SELECT status FROM {s}.workflows WHERE id = %(id)s), "
+            "SELECT (SELECT count(*) FROM upd), "
             "CASE WHEN pg_try_advisory_xact_lock(%(key)s) THEN pg_advisory_unlock(%(key)s) END"
         )
+        self.status = f"SELECT status FROM {s}.workflows WHERE id = %s"
+
+    def _begin(self, child: bool) -> str:
+        """Take the lock and insert the workflow row if absent, in one statement.
+
+        The row may commit asynchronously (see docs/design.md): WAL order makes it durable no
+        later than the first step record. A child created after its parent was cancelled
+        starts cancelled (only children pay for that check).
+        """
+        s = self.s
+        mode = "coalesce(%(commit_mode)s, current_setting('synchronous_commit'))"
+        status = (
+            f"CASE WHEN EXISTS (SELECT 1 FROM {s}.workflows p WHERE p.id = %(parent_id)s "
+            "AND p.status = 'cancelled') THEN 'cancelled' ELSE 'running' END" if child else "'running'"
+        )  # fmt: skip
+        return (
+            f"WITH cfg AS (SELECT set_config('synchronous_commit', {mode}, true) AS v), "
+            "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
+            f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
+            "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
+            "forked_from, run_started_at, inputs_blob, lineage_id) "
+            f"SELECT %(id)s, %(name)s, {status}, "
+            "%(args_digest)s, %(inputs)b, %(inputs_codec)s, %(inputs_checksum)s, %(code_hash)s, "
+            "%(executor)s, %(parent_id)s, %(parent_position)s, %(forked_from)s, "
+            "to_timestamp(%(started)s), %(inputs_blob)s, %(id)s "
+            "FROM lk WHERE lk.got ON CONFLICT (id) DO NOTHING RETURNING status) "
+            "SELECT lk.got, (SELECT status FROM ins), (SELECT v FROM cfg) FROM lk"
+        )
+
+    def insert_step(self, names: tuple[str, ...]) -> str:
+        """The INSERT of a step record with the columns *names* (its non-NULL fields: fewer
+        parameters to send and store); one statement text per set, prepared on first use."""
+        sql = self._inserts.get(names)
+        if sql is None:
+            values = ", ".join(
+                "to_timestamp(%s)" if c.endswith("_at") else "%b" if c in ("output", "error") else "%s"
+                for c in names
+            )
+            sql = self._inserts[names] = (
+                f"INSERT INTO {self.s}.steps ({', '.join(names)}) VALUES ({values}) "
+                "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1"
+            )
+        return sql
 
 
 class Store(AdminMixin, LineageMixin):
@@ -333,10 +347,12 @@ class Store(AdminMixin, LineageMixin):
             cur = c.cursor(row_factory=class_row(StepRecord), binary=True)
             return cur.execute(q, [workflow_id, position]).fetchone()
 
-    def insert_step_in(self, conn: psycopg.Connection, rec: StepRecord) -> tuple[bool, str | None]:
-        """Write *rec* on *conn* (inside the caller's transaction): ``(inserted, workflow
-        status)``; not inserted when a record already held the position."""
+    def insert_step_in(
+        self, conn: psycopg.Connection, rec: StepRecord, cur: psycopg.Cursor | None = None
+    ) -> bool:
+        """Write *rec* on *conn* (inside the caller's transaction, or on *cur*); False when a
+        record already held the position."""
+        names, values = rec.filled()
         with self._guard(conn):
-            row = conn.execute(self._q.insert_step, rec.params(), prepare=True).fetchone()
-        assert row is not None
-        return bool(row[0]), row[1]
+            cur = cur or conn.cursor()
+            return cur.execute(self._q.insert_step(names), values, prepare=True).fetchone() is not None

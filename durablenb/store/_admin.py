@@ -134,7 +134,12 @@ class AdminMixin:
                 "AND status <> 'running' AND updated_at < clock_timestamp() - make_interval(secs => %s)",
                 [seconds],
             ).fetchall()
-            return sum(self._forget_tree(conn, wid, unless_running=True) for (wid,) in ids)
+            removed = sum(self._forget_tree(conn, wid, unless_running=True) for (wid,) in ids)
+            conn.execute(  # records left by a workflow forgotten while it ran (force)
+                f"DELETE FROM {self.qschema}.steps st WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {self.qschema}.workflows w WHERE w.id = st.workflow_id)"
+            )
+            return removed
 
     def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
         """Overwrite the code hash recorded for steps at *positions*; returns how many."""

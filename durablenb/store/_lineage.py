@@ -41,9 +41,10 @@ class LineageMixin:
     def _next_archive_id(self, conn: psycopg.Connection, workflow_id: str) -> str:
         """``ID~N`` with N one more than this workflow's archives, skipping taken ids."""
         s = self.qschema
-        n = conn.execute(
+        row = conn.execute(
             f"SELECT count(*) FROM {s}.workflows WHERE archive_of = %s", [workflow_id]
-        ).fetchone()[0]
+        ).fetchone()
+        n = int(row[0]) if row else 0
         while True:
             n += 1
             candidate = f"{workflow_id}~{n}"
@@ -105,26 +106,25 @@ class LineageMixin:
                 f"UPDATE {s}.workflows SET id = %s, parent_id = %s WHERE id = %s", [new, new_p, wid]
             )
             if new != wid:
+                conn.execute(f"UPDATE {s}.steps SET workflow_id = %s WHERE workflow_id = %s", [new, wid])
                 conn.execute(f"UPDATE {s}.steps SET child_id = %s WHERE child_id = %s", [new, wid])
 
     def _forget_tree(self, conn: psycopg.Connection, root: str, unless_running: bool = False) -> int:
-        """Delete *root*, its descendants and its archived runs (with theirs); returns rows
-        removed. *unless_running*: remove nothing when any of them is running."""
+        """Delete *root*, its descendants and its archived runs (with theirs), and their step
+        records; returns workflows removed. *unless_running*: nothing when one is running."""
         s = self.qschema
-        tree = (
-            f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %(id)s "
+        rows = conn.execute(
+            f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %s "
             f"UNION ALL SELECT c.id, t.depth + 1 FROM {s}.workflows c JOIN tree t "
             "ON c.parent_id = t.id OR c.archive_of = t.id WHERE t.depth < 1000) "
-        )
-        guard = (
-            f"AND NOT EXISTS (SELECT 1 FROM {s}.workflows r WHERE r.id IN (SELECT id FROM tree) "
-            "AND r.status = 'running')" if unless_running else ""
-        )  # fmt: skip
-        cur = conn.execute(
-            f"{tree} DELETE FROM {s}.workflows WHERE id IN (SELECT id FROM tree) {guard}",
-            {"id": root},
-        )
-        return cur.rowcount
+            f"SELECT w.id, w.status FROM {s}.workflows w WHERE w.id IN (SELECT id FROM tree) FOR UPDATE",
+            [root],
+        ).fetchall()
+        if unless_running and any(status == "running" for _, status in rows):
+            return 0
+        ids = [wid for wid, _ in rows]
+        conn.execute(f"DELETE FROM {s}.steps WHERE workflow_id = ANY(%s)", [ids])
+        return conn.execute(f"DELETE FROM {s}.workflows WHERE id = ANY(%s)", [ids]).rowcount
 
     def fork(self, source_id: str, new_id: str, upto_position: int, executor: str) -> None:
         """Create *new_id* from *source_id*'s inputs and its step records before *upto_position*."""

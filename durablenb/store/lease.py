@@ -37,6 +37,7 @@ class Lease:
         shared = share.conn if share is not None else None
         self.owns_conn = shared is None
         self.conn: psycopg.Connection | None = shared if shared is not None else store._getconn()
+        self._cur: psycopg.Cursor | None = None
         self.locked = False
         self.q = store._q
 
@@ -73,8 +74,9 @@ class Lease:
         deadline = None if wait is None else time.monotonic() + wait
         delay = 0.02
         while True:
+            begin = self.q.begin_child if new.parent_id is not None else self.q.begin
             with self.store._guard(self.conn):
-                row = self._c.execute(self.q.begin, params, prepare=True).fetchone()
+                row = self._c.execute(begin, params, prepare=True).fetchone()
             assert row is not None
             got, created, _ = row
             if got:
@@ -102,9 +104,8 @@ class Lease:
         return row, {rec.position: rec for rec in steps}
 
     # -- writing ---------------------------------------------------------------------------
-    def record_step(self, rec: StepRecord) -> tuple[StepRecord, str | None]:
-        """Write *rec*: ``(the record that holds the position, the workflow's status)``.
-        If a record already held the position, that one wins and is returned.
+    def record_step(self, rec: StepRecord) -> StepRecord:
+        """Write *rec*; if a record already held the position, that one wins and is returned.
 
         When the database goes away the write is retried with backoff on a new connection
         (the workflow's lock is taken again first) for up to `Store.retry_seconds`; then
@@ -112,12 +113,13 @@ class Lease:
         """
         return self._retrying(lambda: self._record_step(rec))
 
-    def _record_step(self, rec: StepRecord) -> tuple[StepRecord, str | None]:
-        with self.store._guard(self.conn):
-            inserted, status = self.store.insert_step_in(self._c, rec)
-            if inserted:
-                return rec, status
-            return self.store.get_step(self.workflow_id, rec.position, conn=self._c) or rec, status
+    def _record_step(self, rec: StepRecord) -> StepRecord:
+        conn = self._c
+        if self._cur is None or self._cur.connection is not conn:
+            self._cur = conn.cursor()
+        if self.store.insert_step_in(conn, rec, self._cur):
+            return rec
+        return self.store.get_step(self.workflow_id, rec.position, conn=conn) or rec
 
     def _retrying(self, op: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.store.retry_seconds
@@ -205,15 +207,18 @@ class Lease:
             "blob": outcome.blob,
         }
 
-        def op() -> tuple[int, str | None]:
+        def op() -> str | None:
             with self.store._guard(self.conn):
                 row = self._c.execute(self.q.finish, params, prepare=True).fetchone()
-            assert row is not None
-            return int(row[0]), row[1]
+                assert row is not None
+                if row[0]:
+                    return None
+                found = self._c.execute(self.q.status, [self.workflow_id]).fetchone()
+                return found[0] if found else "removed"
 
-        updated, status = self._retrying(op)
+        blocked = self._retrying(op)
         self.locked = False  # the finish let go of the session lock
-        return None if updated else status
+        return blocked
 
     def close(self) -> None:
         """Let go of the workflow (it stays as recorded) and give the connection back."""

@@ -36,9 +36,10 @@ class StepRecord:
     finished_at: float | datetime | None = None
     blob: str | None = None
 
-    def params(self) -> dict[str, Any]:
-        """The record as named statement parameters."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def filled(self) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """The names and values of the fields that are not None, in column order."""
+        pairs = [(n, v) for n in _STEP_NAMES if (v := getattr(self, n)) is not None]
+        return tuple(n for n, _ in pairs), tuple(v for _, v in pairs)
 
 
 @dataclass(kw_only=True)
@@ -85,7 +86,8 @@ def columns(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
-STEP_COLUMNS = ", ".join(columns(StepRecord))
+_STEP_NAMES = tuple(columns(StepRecord))
+STEP_COLUMNS = ", ".join(_STEP_NAMES)
 WORKFLOW_COLUMNS = ", ".join(columns(WorkflowRow))
 
 

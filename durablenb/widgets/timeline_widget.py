@@ -67,7 +67,7 @@ class TimelineWidget(ipywidgets.VBox):
     workflow_id = traitlets.Unicode()
     status = traitlets.Unicode("")
     progress = traitlets.Unicode("")
-    steps = traitlets.List()
+    steps: Any = traitlets.List()
 
     def __init__(self, workflow_id: str, rows: list[Row] | None = None, status: str = "") -> None:
         self._html = ipywidgets.HTML()
