@@ -55,8 +55,8 @@ test-notebooks: $(VENV)/.installed
 
 # The full kill matrix on both backends (the test suite runs a fixed-seed subset).
 chaos: $(VENV)/.installed
-	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m tests.chaos --trials 90 --kills 3 --seed 1
-	$(PY) -m tests.chaos --trials 90 --kills 3 --seed 1001 --dsn $(SERVER_DSN)
+	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m tests.chaos --trials 120 --kills 3 --seed 1
+	$(PY) -m tests.chaos --trials 120 --kills 3 --seed 1001 --dsn $(SERVER_DSN)
 
 bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py --dsn $(SERVER_DSN)

@@ -204,7 +204,9 @@ class _Outside:
         if proc.poll() is not None:
             return "gc.lookalike (not reached)"
         self.store.forget(self.lookalike)
-        self.store.forget_older_than(0)
+        # Older than ten minutes: the look-alike (a day old), never this trial's workflow,
+        # which a gc may rightly remove once it has finished.
+        self.store.forget_older_than(600)
         return "gc.lookalike"
 
 

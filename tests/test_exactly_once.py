@@ -226,3 +226,46 @@ def test_code_hashes_are_equal_under_any_hash_seed(run_child, ledger):
         assert json.loads(out.stdout) == "gamma"
         assert "re-running" not in out.stderr  # no fork: the lambda's code is the same
     assert ledger() == {"gamma": 1}
+
+
+CONFLICT = """
+import psycopg
+SCHEMA = os.environ["DURABLENB_SCHEMA"]
+DSN = os.environ["TEST_DSN"]
+
+def record_first(position, value):
+    # Another executor writes this position's record while ours runs (as after a lost lock).
+    with psycopg.connect(DSN, autocommit=True) as other:
+        other.execute(
+            f'INSERT INTO "{SCHEMA}".steps (workflow_id, position, name, kind, status, output, '
+            "codec, started_at, finished_at) VALUES (%s, %s, %s, %s, 'succeeded', %s, 'json', "
+            "now(), now())",
+            ["conflict", position, sys.argv[1 + position], ["step", "transaction"][position],
+             json.dumps(value).encode()])
+
+@dnb.step
+def compute():
+    record_first(0, "theirs")
+    return "ours"
+
+@dnb.transaction
+def book():
+    dnb.connection().execute(f'INSERT INTO "{SCHEMA}".ledger (event) VALUES (%s)', ["book"])
+    record_first(1, "their booking")
+    return "our booking"
+
+@dnb.workflow
+def wf():
+    return [compute(), book()]
+
+with dnb.workflow_id("conflict"):
+    print(json.dumps(wf()))
+"""
+
+
+def test_a_record_another_executor_wrote_first_is_what_the_caller_gets(run_child, ledger, dsn):
+    names = ["compute", "book"]
+    out = run_child(CONFLICT, *names, env={"TEST_DSN": dsn})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout) == ["theirs", "their booking"]
+    assert ledger() == {}  # our transaction's effect rolled back with its record

@@ -184,6 +184,7 @@ def _open(
         raise WorkflowBusyError(wid, row.executor if row else None)
     if created == "cancelled":
         raise WorkflowCancelledError(wid)
+    store.clear_cancelled(wid)  # a cancel heard before now is settled in the row read below
     threads = parent.threads_before if parent is not None else snapshot_threads()
     if created:
         plan = planner.Plan("run", on_change=spec.on_change)

@@ -111,23 +111,27 @@ class _Queries:
             "%(args_digest)s, %(inputs)b, %(inputs_codec)s, %(inputs_checksum)s, %(code_hash)s, "
             "%(executor)s, %(parent_id)s, %(parent_position)s, %(forked_from)s, "
             "to_timestamp(%(started)s), %(inputs_blob)s, %(id)s "
-            "FROM lk WHERE lk.got ON CONFLICT (id) DO NOTHING RETURNING status) "
+            # Only the lock's holder inserts, so no other insert of this id can race this
+            # one: NOT EXISTS does what ON CONFLICT would, without a speculative insertion.
+            f"FROM lk WHERE lk.got AND NOT EXISTS (SELECT 1 FROM {s}.workflows w WHERE w.id = %(id)s) "
+            "RETURNING status) "
             "SELECT lk.got, (SELECT status FROM ins), (SELECT v FROM cfg) FROM lk"
         )
 
     def insert_step(self, names: tuple[str, ...]) -> str:
         """The INSERT of a step record with the columns *names* (its non-NULL fields: fewer
-        parameters to send and store); one statement text per set, prepared on first use."""
+        parameters to send and store); one statement text per set, prepared on first use.
+
+        A plain INSERT: a record already at the position (another executor's, which wins) is
+        a unique violation, rare, and cheaper to handle than a speculative insertion
+        (ON CONFLICT) on every record."""
         sql = self._inserts.get(names)
         if sql is None:
             values = ", ".join(
                 "to_timestamp(%s)" if c.endswith("_at") else "%b" if c in ("output", "error") else "%s"
                 for c in names
             )
-            sql = self._inserts[names] = (
-                f"INSERT INTO {self.s}.steps ({', '.join(names)}) VALUES ({values}) "
-                "ON CONFLICT (workflow_id, position) DO NOTHING RETURNING 1"
-            )
+            sql = self._inserts[names] = f"INSERT INTO {self.s}.steps ({', '.join(names)}) VALUES ({values})"
         return sql
 
 
@@ -354,5 +358,8 @@ class Store(AdminMixin, LineageMixin):
         record already held the position."""
         names, values = rec.filled()
         with self._guard(conn):
-            cur = cur or conn.cursor()
-            return cur.execute(self._q.insert_step(names), values, prepare=True).fetchone() is not None
+            try:
+                (cur or conn.cursor()).execute(self._q.insert_step(names), values, prepare=True)
+            except psycopg.errors.UniqueViolation:  # the only unique key of steps: the position
+                return False
+            return True

@@ -47,6 +47,14 @@ class Lease:
             raise RuntimeError("the lease is closed")
         return self.conn
 
+    @property
+    def _cursor(self) -> psycopg.Cursor:
+        """A cursor on the lease's connection, kept across statements."""
+        conn = self._c
+        if self._cur is None or self._cur.connection is not conn:
+            self._cur = conn.cursor()
+        return self._cur
+
     # -- acquiring -----------------------------------------------------------------------
     def begin(self, new: NewWorkflow, wait: float | None = None) -> tuple[bool, str | None]:
         """Take the lock and record *new* if absent: ``(locked, status it was created with,
@@ -76,7 +84,7 @@ class Lease:
         while True:
             begin = self.q.begin_child if new.parent_id is not None else self.q.begin
             with self.store._guard(self.conn):
-                row = self._c.execute(begin, params, prepare=True).fetchone()
+                row = self._cursor.execute(begin, params, prepare=True).fetchone()
             assert row is not None
             got, created, _ = row
             if got:
@@ -115,9 +123,7 @@ class Lease:
 
     def _record_step(self, rec: StepRecord) -> StepRecord:
         conn = self._c
-        if self._cur is None or self._cur.connection is not conn:
-            self._cur = conn.cursor()
-        if self.store.insert_step_in(conn, rec, self._cur):
+        if self.store.insert_step_in(conn, rec, self._cursor):
             return rec
         return self.store.get_step(self.workflow_id, rec.position, conn=conn) or rec
 
@@ -209,7 +215,7 @@ class Lease:
 
         def op() -> str | None:
             with self.store._guard(self.conn):
-                row = self._c.execute(self.q.finish, params, prepare=True).fetchone()
+                row = self._cursor.execute(self.q.finish, params, prepare=True).fetchone()
                 assert row is not None
                 if row[0]:
                     return None
