@@ -143,3 +143,64 @@ def test_recover_resumes_a_started_child_of_a_finished_parent(run_child, effects
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout) == [["parent/0", 3]]
     assert effects.count("tick") == 4  # tick 0 was cut off by the kill, then ticks 0, 1, 2
+
+
+UPGRADED = """
+SCHEMA = os.environ["DURABLENB_SCHEMA"]
+
+@dnb.step
+def load():
+    hit("load")
+    return 1
+
+@dnb.transaction
+def book(x):
+    dnb.connection().execute(f'INSERT INTO "{SCHEMA}".ledger (event) VALUES (%s)', ["book"])
+    return x + 1
+
+@dnb.workflow
+def wf():
+    return book(load())
+
+with dnb.workflow_id("upgraded"):
+    print(json.dumps(wf()))
+"""
+
+
+def test_records_of_an_earlier_version_replay_after_the_upgrade(run_child, effects, sql, dsn):
+    """A schema at version 3 with an interrupted workflow whose code hashes were computed by
+    the earlier algorithm: after the upgrade its recorded steps replay, none re-runs."""
+    import uuid
+
+    from durablenb.store._migrate import migrations
+
+    name = "t_up_" + uuid.uuid4().hex[:8]
+    q = f'"{name}"'
+    try:
+        sql.execute(f"CREATE SCHEMA {q}")
+        sql.execute(f"CREATE TABLE {q}.schema_version (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+        for number, fname, text in migrations()[:3]:
+            sql.execute(text.replace("{schema}", q))
+            sql.execute(f"INSERT INTO {q}.schema_version VALUES (%s, %s)", [number, fname])
+        sql.execute(f"CREATE TABLE {q}.ledger (id serial PRIMARY KEY, event text NOT NULL)")
+        sql.execute(f"INSERT INTO {q}.ledger (event) VALUES ('book')")
+        sql.execute(f"INSERT INTO {q}.workflows (id, name, status, inputs, inputs_codec, code_hash) "
+                    "VALUES ('upgraded', 'wf', 'running', '[[],{}]', 'json', 'ab12')")  # fmt: skip
+        for pos, step, out in ((0, "load", b"1"), (1, "book", b"2")):
+            kind = "step" if pos == 0 else "transaction"
+            sql.execute(
+                f"INSERT INTO {q}.steps (workflow_id, position, name, kind, status, output, codec, "
+                "code_hash, started_at, finished_at) VALUES ('upgraded', %s, %s, %s, 'succeeded', "
+                "%s, 'json', 'old-ast-hash', now(), now())",
+                [pos, step, kind, out],
+            )
+        out = run_child(UPGRADED, env={"DURABLENB_SCHEMA": name})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout) == 2
+        assert effects.count("load") == 0  # replayed, not re-run for a changed hash algorithm
+        assert sql.execute(f"SELECT count(*) FROM {q}.ledger").fetchone()[0] == 1
+        hashes = {r[0] for r in sql.execute(f"SELECT code_hash FROM {q}.steps").fetchall()}
+        assert hashes == {"v1:old-ast-hash"}
+    finally:
+        sql.execute(f"DROP SCHEMA IF EXISTS {q} CASCADE")

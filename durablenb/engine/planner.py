@@ -24,6 +24,13 @@ from ..store import StepRecord, WorkflowRow
 
 #: Code hash written by ``%durable refresh``: never equal to any code, so the step re-runs.
 REFRESH = "refresh"
+#: Prefix of code hashes recorded by versions that hashed differently: never compared.
+LEGACY = "v1:"
+
+
+def comparable(code_hash: str | None) -> str | None:
+    """*code_hash*, or None when it cannot be compared with today's hashes."""
+    return None if code_hash is None or code_hash.startswith(LEGACY) else code_hash
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,11 @@ def first_change(records: Mapping[int, StepRecord], defs: Definitions) -> tuple[
         rec = records[pos]
         if rec.code_hash == REFRESH:
             return pos, f"{rec.name!r} was marked with %durable refresh"
-        if rec.code_hash is None:
+        recorded = comparable(rec.code_hash)
+        if recorded is None:
             continue
         now = defs.step_code(rec.name)
-        if now is not None and now != rec.code_hash:
+        if now is not None and now != recorded:
             return pos, f"the code of {rec.name!r} changed"
     return None
 
@@ -83,7 +91,8 @@ def plan(row: WorkflowRow | None, records: Mapping[int, StepRecord], defs: Defin
         return Plan("run", on_change=defs.on_change)
     if row.status == "cancelled":
         raise WorkflowCancelledError(row.id)
-    body = bool(row.code_hash and defs.workflow_code and row.code_hash != defs.workflow_code)
+    recorded_body = comparable(row.code_hash)
+    body = bool(recorded_body and defs.workflow_code and recorded_body != defs.workflow_code)
     change = first_change(records, defs)
     refresh = change is not None and records[change[0]].code_hash == REFRESH
     if defs.on_change == "error":
@@ -128,7 +137,8 @@ def at_position(
         raise NonDeterministicWorkflowError(workflow_id, pos, rec.name, name)
     if rec.code_hash == REFRESH:
         return Fork(pos, f"{name!r} was marked with %durable refresh")
-    if code is not None and rec.code_hash is not None and rec.code_hash != code:
+    recorded = comparable(rec.code_hash)
+    if code is not None and recorded is not None and recorded != code:
         if plan.on_change == "error":
             raise CodeChangedError(
                 f"the code of step {name!r} (position {pos}) of workflow {workflow_id!r} changed "

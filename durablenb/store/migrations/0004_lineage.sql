@@ -17,3 +17,10 @@ UPDATE {schema}.workflows SET lineage_id = coalesce(archive_of, id);
 
 CREATE INDEX workflows_parent_idx ON {schema}.workflows (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX workflows_archive_of_idx ON {schema}.workflows (archive_of) WHERE archive_of IS NOT NULL;
+
+-- Code hashes written before this version digested the syntax tree as each Python version
+-- printed it; they are kept, marked, and no longer compared (a step recorded by an earlier
+-- version replays instead of re-running because the hash changed its algorithm).
+UPDATE {schema}.steps SET code_hash = 'v1:' || code_hash
+ WHERE code_hash IS NOT NULL AND code_hash <> 'refresh';
+UPDATE {schema}.workflows SET code_hash = 'v1:' || code_hash WHERE code_hash IS NOT NULL;
