@@ -114,6 +114,9 @@ def test_exhausted_pool_is_a_clear_error(schema, dsn):
         held = store.lease("a")
         with pytest.raises(dnb.StoreUnavailableError, match="no free connection"):
             store.lease("b")
+        with pytest.raises(dnb.StoreUnavailableError, match="no free connection"):
+            with store.transaction():  # never a raw pool error a transaction would record
+                pass
         held.close()
         store.lease("b").close()  # the connection came back
     finally:

@@ -190,9 +190,13 @@ class Store(AdminMixin, LineageMixin):
             name=f"durablenb-{schema}",
         )
         self.pool.open(wait=False)
+        try:
+            self.blobs = open_blobs(self, settings.blob_url, embedded_home, settings.compression)
+        except BaseException:
+            self.pool.close()
+            raise
         self._listener = CancelListener(dsn, schema, self._on_cancel)
         self._listener.start()
-        self.blobs = open_blobs(self, settings.blob_url, embedded_home, settings.compression)
 
     def __repr__(self) -> str:
         return f"<durablenb.Store {mask_dsn(self.dsn)!r} schema={self.schema!r}>"
@@ -323,9 +327,12 @@ class Store(AdminMixin, LineageMixin):
         A lost connection is `StoreUnavailableError`; any other error, the body's own SQL
         errors included, passes through as raised and rolls the transaction back.
         """
-        with self.pool.connection() as conn:
+        conn = self._getconn()  # an exhausted or closed pool is StoreUnavailableError too
+        try:
             with self._guard(conn, user=True), conn.transaction():
                 yield conn
+        finally:
+            self._putconn(conn)
 
     def lock_key(self, workflow_id: str) -> int:
         """The advisory lock key of *workflow_id* in this schema."""

@@ -134,7 +134,10 @@ class FolderBlobs(BlobStore):
         self.root = Path(root).expanduser()
         self.url = str(self.root)
         self.compression = compression
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error("create", self.url, exc) from exc
 
     def _path(self, ref: str) -> Path:
         return self.root / ref[:2] / ref
