@@ -101,7 +101,6 @@ def setup(method: str, dsn: str, home: str):
     tag = uuid.uuid4().hex[:8]
     if method.startswith("durablenb"):
         import durablenb as dnb
-        from durablenb.engine import replay as rp
         from durablenb.engine import runtime
 
         if method == "durablenb-folder":
@@ -122,12 +121,10 @@ def setup(method: str, dsn: str, home: str):
             holder["df"] = df
             t = uuid.uuid4().hex
             checkpoint(t)
-            runtime.store().flush()
             return checkpoint.id_for(t)
 
         def read(wid):
-            store = runtime.store()
-            return rp.replay(store, wid, store.get_step(wid, 0))
+            return dnb.output(wid, 0)
 
         def describe(wid):
             rec = runtime.store().get_step(wid, 0)

@@ -231,7 +231,6 @@ def test_damaged_or_missing_blob_is_a_clear_error(schema, small_threshold, sql):
         return make()
 
     wf()
-    runtime.store().flush()
     ref = sql.execute(f'SELECT blob FROM "{schema}".steps').fetchone()[0]
     sql.execute(f"UPDATE \"{schema}\".workflows SET status = 'running'")
     blobs = runtime.store().blobs
@@ -261,7 +260,6 @@ def test_large_workflow_inputs_and_outputs_use_blobs(schema, small_threshold, sq
         return df.assign(y=df.x * 2)
 
     out = echo(frame)
-    runtime.store().flush()
     row = sql.execute(f'SELECT inputs_blob, output_blob FROM "{schema}".workflows').fetchone()
     assert row[0] and row[1]
     same(out, echo(frame))  # the recorded output, read back from its blob

@@ -10,7 +10,6 @@ import zlib
 import pytest
 
 import durablenb as dnb
-from durablenb.engine import runtime
 
 
 @pytest.fixture
@@ -36,12 +35,10 @@ def test_signed_pickles_replay_and_tampering_is_refused(schema, secret, sql):
     calls: list[int] = []
     wf = _workflow(calls)
     assert wf() == (1, {"k": [1, 2]})
-    runtime.store().flush()
     codec, data = sql.execute(f'SELECT codec, output FROM "{schema}".steps').fetchone()
     assert codec.startswith("pickle;sig2=")
     sql.execute(f"UPDATE \"{schema}\".workflows SET status = 'running'")
     assert wf() == (1, {"k": [1, 2]})  # verified and replayed
-    runtime.store().flush()
     # An attacker rewrites the pickle (and fixes the CRC so only the signature can tell).
     import pickle
 
@@ -57,7 +54,6 @@ def test_unsigned_records_are_refused_when_a_secret_is_set(schema, monkeypatch, 
     calls: list[int] = []
     wf = _workflow(calls)
     wf()  # written without a secret
-    runtime.store().flush()
     sql.execute(f"UPDATE \"{schema}\".workflows SET status = 'running'")
     monkeypatch.setenv("DURABLENB_SECRET", "s3")
     dnb.connect(schema=schema)
@@ -76,7 +72,6 @@ def test_tampered_recorded_exceptions_are_not_unpickled(schema, secret, sql):
 
     with pytest.raises(KeyError):
         wf()
-    runtime.store().flush()
     with pytest.raises(KeyError):
         wf()  # signed: rebuilt with its own type
     sql.execute(

@@ -210,9 +210,6 @@ class Store(AdminMixin, LineageMixin):
         self._listener.close()
         self.pool.close()
 
-    def flush(self) -> None:
-        """Kept for callers of earlier versions: every write is synchronous now."""
-
     # -- connections -----------------------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         text = str(exc).strip()
