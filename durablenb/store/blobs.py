@@ -127,8 +127,16 @@ def _check(data: Any, ref: str, what: str, where: str, crc: int | None = None) -
         )
 
 
+#: A ``.part`` file untouched for this long belongs to a write that died: it is removed.
+STALE_PART_SECONDS = 3600.0
+
+
 class FolderBlobs(BlobStore):
-    """Blobs as files ``ab/abcdef…`` under a local folder, fsync'd before use."""
+    """Blobs as files ``ab/abcdef…`` under a local folder, fsync'd before use.
+
+    An identical blob already there is reused only once its size and CRC-32 are checked;
+    a damaged one is replaced by the new copy, so recomputing a value heals its blob.
+    """
 
     def __init__(self, root: str | Path, compression: str | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -138,6 +146,19 @@ class FolderBlobs(BlobStore):
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _storage_error("create", self.url, exc) from exc
+        self.sweep_parts()
+
+    def sweep_parts(self, older_than: float = STALE_PART_SECONDS) -> int:
+        """Remove ``.part`` files of writes that died (untouched for *older_than* seconds)."""
+        limit, n = time.time() - older_than, 0
+        for part in (self.root / "tmp").glob("*.part"):
+            try:
+                if part.stat().st_mtime < limit:
+                    part.unlink()
+                    n += 1
+            except OSError:  # gone meanwhile, or not ours to remove: leave it
+                continue
+        return n
 
     def _path(self, ref: str) -> Path:
         return self.root / ref[:2] / ref
@@ -159,11 +180,14 @@ class FolderBlobs(BlobStore):
                 os.fsync(raw.fileno())
             ref = w.ref
             final = self._path(ref)
-            if final.exists():
+            if final.exists() and _intact(final, w.size, w.crc):
                 tmp.unlink()
+                os.utime(final)  # reused now: a garbage collection keeps young blobs
                 return ref, w.size, w.crc
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
+            if not final.parent.exists():
+                final.parent.mkdir(exist_ok=True)
+                _fsync_dir(self.root)  # the new subfolder's name is durable too
+            os.replace(tmp, final)  # new, or replacing a damaged copy atomically
             _fsync_dir(final.parent)
             return ref, w.size, w.crc
         except BaseException:
@@ -205,6 +229,20 @@ class FolderBlobs(BlobStore):
         return n
 
 
+def _intact(path: Path, size: int, crc: int) -> bool:
+    """Whether the file at *path* holds *size* bytes with CRC-32 *crc*."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        found = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                found = zlib.crc32(chunk, found)
+        return found == crc
+    except OSError:
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -237,7 +275,11 @@ class PostgresBlobs(BlobStore):
             with self.store.connection() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.lock_key("blob:" + ref)])
                 if conn.execute(f"SELECT 1 FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone():
-                    return ref, size, crc
+                    if self._intact(conn, ref, size, crc):
+                        return ref, size, crc
+                    # Damaged: replace it, in this transaction, with the copy just made.
+                    conn.execute(f"DELETE FROM {self.s}.blob_chunks WHERE ref = %s", [ref])
+                    conn.execute(f"DELETE FROM {self.s}.blob_objects WHERE ref = %s", [ref])
                 cur = conn.cursor()
                 with cur.copy(f"COPY {self.s}.blob_chunks (ref, seq, data) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["text", "int4", "bytea"])
@@ -252,6 +294,16 @@ class PostgresBlobs(BlobStore):
                     [ref, size, seq],
                 )
         return ref, size, crc
+
+    def _intact(self, conn: Any, ref: str, size: int, crc: int) -> bool:
+        """Whether blob *ref*'s chunks hold *size* bytes with CRC-32 *crc*."""
+        found, n = 0, 0
+        cur = conn.cursor(binary=True)
+        query = f"SELECT data FROM {self.s}.blob_chunks WHERE ref = %s ORDER BY seq"
+        for (chunk,) in cur.stream(query, [ref]):
+            found = zlib.crc32(chunk, found)
+            n += len(chunk)
+        return n == size and found == crc
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
         with self.store.connection() as conn:
@@ -323,9 +375,9 @@ class FsspecBlobs(BlobStore):
             w = HashingWriter(raw)
             produce(w)
         final = self._path(w.ref)
-        if self.fs.exists(final):
+        if self.fs.exists(final) and self.fs.size(final) == w.size:
             self.fs.rm(tmp)
-        else:
+        else:  # new, or a damaged copy to replace
             self.fs.mv(tmp, final)
         return w.ref, w.size, w.crc
 
