@@ -43,6 +43,11 @@ PHASES = (
     "return.after",        # the workflow call returned to its caller
 )
 
+#: Kill points outside a workflow's run.
+OTHER_PHASES = (
+    "blob.collect",        # a garbage collection is about to delete a blob nothing holds
+)
+
 
 def point(phase: str) -> None:
     """Die here if this is the configured kill point; count it in count mode."""

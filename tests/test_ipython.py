@@ -251,3 +251,18 @@ def cubes():
     return dnb.map(cube, [1, 2, 3], workers=2, processes=True)
 """)
     assert shell.run("cubes()") == [1, 8, 27]
+
+
+def test_each_cell_variable_holds_its_blob_until_the_cell_is_forgotten(shell, schema, sql, monkeypatch):
+    monkeypatch.setenv("DURABLENB_BLOB_THRESHOLD", "100000")
+    dnb.connect(schema=schema)
+    shell.run("import numpy as np")
+    shell.run("%%durable --id big-cell\na = np.arange(300_000)\nb = np.ones(300_000)\nsmall = 3")
+    held = sql.execute(f'SELECT workflow_id, count(*) FROM "{schema}".blob_refs GROUP BY 1').fetchall()
+    assert held == [("big-cell", 2)]  # a and b, each its own blob
+    blobs = runtime.store().blobs
+    assert len(list(blobs.listing())) == 2
+    dnb.gc(3600)  # nothing old enough to forget, and nothing loose: every blob stays
+    assert len(list(blobs.listing())) == 2
+    shell.run("%durable forget big-cell")
+    assert list(blobs.listing()) == []

@@ -295,9 +295,13 @@ def recover() -> list[WorkflowHandle]:
 
 
 def gc(older_than: float | _dt.timedelta) -> int:
-    """Delete finished workflows not updated for *older_than* (seconds or a timedelta)."""
+    """Delete finished workflows not updated for *older_than* (seconds or a timedelta), then
+    every blob no workflow holds; returns how many workflows went."""
     seconds = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else older_than
     if seconds < 0:
         raise ValueError("older_than must be >= 0")
-    return runtime.store().forget_older_than(float(seconds))
+    store = runtime.store()
+    removed = store.forget_older_than(float(seconds))
+    store.sweep_blobs()
+    return removed
 

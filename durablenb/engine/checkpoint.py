@@ -119,7 +119,7 @@ class Slot:
         place = (run.lineage, self.position)
         if done.ok:
             try:
-                enc = values.encode_value(run.store, done.value, place)
+                enc = values.encode_value(run.store, done.value, place, run.id)
             except codecs.EncodingError as exc:
                 done.ok, done.value = False, unencodable(call.name, run.id, done.value, exc)
             else:

@@ -43,7 +43,7 @@ Kwargs = dict[str, Any]
 def encode_inputs(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs) -> values.Stored:
     """The encoded inputs of a new workflow; `UnserializableArgumentsError` before anything runs."""
     try:
-        return values.encode_value(store, (tuple(args), dict(kwargs)), (wid, "inputs"))
+        return values.encode_value(store, (tuple(args), dict(kwargs)), (wid, "inputs"), wid)
     except codecs.EncodingError as exc:
         raise UnserializableArgumentsError(
             f"the arguments of workflow {spec.name!r} cannot be recorded: {exc}"
@@ -318,7 +318,7 @@ def finish_succeeded(run: WorkflowRun, value: Any) -> Any:
     """Record the body's output; an output that cannot be encoded is recorded as the error."""
     __tracebackhide__ = True
     try:
-        enc = values.encode_value(run.store, value, (run.lineage, "output"))
+        enc = values.encode_value(run.store, value, (run.lineage, "output"), run.id)
     except codecs.EncodingError as exc:
         type_name = f"{type(value).__module__}.{type(value).__qualname__}"
         err = UnserializableOutputError(

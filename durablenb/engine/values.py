@@ -36,8 +36,9 @@ def seal(store: Store, place: Place) -> Seal | None:
     return None if key is None else Seal(key, binding(*place))
 
 
-def encode_value(store: Store, value: Any, place: Place) -> Stored:
-    """Encode *value* for a record at *place*; large values stream straight into a blob.
+def encode_value(store: Store, value: Any, place: Place, owner: str | None = None) -> Stored:
+    """Encode *value* for a record at *place*; large values stream straight into a blob,
+    held by workflow *owner* (so that it stays as long as that workflow's records).
 
     Raises `codecs.EncodingError` when no codec can encode it, `StorageError` when the blob
     store cannot take it.
@@ -52,16 +53,17 @@ def encode_value(store: Store, value: Any, place: Place) -> Stored:
     estimate = codecs.estimate_size(value) if codec in (codecs.ARROW, codecs.NPY) else None
     if estimate is not None and estimate >= threshold:
         used: list[str] = []
-        ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)))
+        ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)),
+                                   owner)  # fmt: skip
         return Stored(used[0], None, crc, size, ref)
     enc = codecs.encode(value, codec, seal(store, place))
     if enc.size >= threshold:
         compression = blobs.compression
         if compression:
             used = []
-            ref, size, crc = blobs.put(lambda f: used.append(_compressed(enc, f, compression)))
+            ref, size, crc = blobs.put(lambda f: used.append(_compressed(enc, f, compression)), owner)
             return Stored(used[0], None, crc, size, ref)
-        ref, size, crc = blobs.put_bytes(enc.data)
+        ref, size, crc = blobs.put_bytes(enc.data, owner)
         return Stored(enc.codec, None, crc, size, ref)
     return Stored(enc.codec, enc.data, enc.checksum, enc.size)
 

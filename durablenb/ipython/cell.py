@@ -87,7 +87,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
             if n not in ns or isinstance(ns[n], types.ModuleType):
                 continue
             try:
-                enc = values.encode_value(store, ns[n], (wid, f"var:{n}"))
+                enc = values.encode_value(store, ns[n], (wid, f"var:{n}"), wid)
             except codecs.EncodingError:
                 skipped.append(n)
                 continue

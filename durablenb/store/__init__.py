@@ -21,6 +21,7 @@ from ..errors import StoreUnavailableError
 from ..settings import Settings
 from ._admin import AdminMixin
 from ._dsn import mask_dsn, scrub
+from ._gc import BlobGcMixin
 from ._lineage import LineageMixin
 from ._migrate import latest_version, migrate
 from ._notify import CancelListener
@@ -135,7 +136,7 @@ class _Queries:
         return sql
 
 
-class Store(AdminMixin, LineageMixin):
+class Store(AdminMixin, LineageMixin, BlobGcMixin):
     """Durable records of workflows and steps in one PostgreSQL schema.
 
     *dsn*: a libpq connection string or URL. *settings*: the resolved `Settings` (schema,

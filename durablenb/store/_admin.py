@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -34,7 +35,11 @@ class AdminMixin:
 
         def clear_cancelled(self, workflow_id: str) -> None: ...
 
-        def _forget_tree(self, conn: psycopg.Connection, root: str, unless_running: bool = False) -> int: ...
+        def _forget_tree(
+            self, conn: psycopg.Connection, root: str, unless_running: bool = False
+        ) -> tuple[int, list[str]]: ...
+
+        def collect_blobs(self, refs: Iterable[str]) -> int: ...
 
     # -- workflows -------------------------------------------------------------------------
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
@@ -121,25 +126,34 @@ class AdminMixin:
             self.clear_cancelled(wid)
 
     def forget(self, workflow_id: str) -> int:
-        """Delete *workflow_id*, its descendants and archived runs; returns rows removed."""
+        """Delete *workflow_id*, its descendants and archived runs, and the blobs nothing
+        else holds; returns workflows removed."""
         with self.connection() as conn, conn.transaction():
-            return self._forget_tree(conn, workflow_id)
+            removed, refs = self._forget_tree(conn, workflow_id)
+        self.collect_blobs(refs)  # after the commit: a crash here leaves work for the sweep
+        return removed
 
     def forget_older_than(self, seconds: float) -> int:
         """Delete finished top-level workflows last updated more than *seconds* ago, with
         their descendants and archived runs, unless one of those is still running."""
+        refs: list[str] = []
+        removed = 0
         with self.connection() as conn, conn.transaction():
             ids = conn.execute(
                 f"SELECT id FROM {self.qschema}.workflows WHERE parent_id IS NULL "
                 "AND status <> 'running' AND updated_at < clock_timestamp() - make_interval(secs => %s)",
                 [seconds],
             ).fetchall()
-            removed = sum(self._forget_tree(conn, wid, unless_running=True) for (wid,) in ids)
+            for (wid,) in ids:
+                n, held = self._forget_tree(conn, wid, unless_running=True)
+                removed += n
+                refs += held
             conn.execute(  # records left by a workflow forgotten while it ran (force)
                 f"DELETE FROM {self.qschema}.steps st WHERE NOT EXISTS "
                 f"(SELECT 1 FROM {self.qschema}.workflows w WHERE w.id = st.workflow_id)"
             )
-            return removed
+        self.collect_blobs(refs)
+        return removed
 
     def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
         """Overwrite the code hash recorded for steps at *positions*; returns how many."""

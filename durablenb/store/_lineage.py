@@ -68,8 +68,18 @@ class LineageMixin:
             f"SELECT %s, {scols} FROM {s}.steps WHERE workflow_id = %s",
             [aid, workflow_id],
         )
+        self._copy_holds(conn, workflow_id, aid)
         conn.execute(f"UPDATE {s}.workflows SET forked_from = %s WHERE id = %s", [aid, workflow_id])
         return aid
+
+    def _copy_holds(self, conn: psycopg.Connection, source: str, target: str) -> None:
+        """*target* holds every blob *source* holds (its records were copied)."""
+        s = self.qschema
+        conn.execute(
+            f"INSERT INTO {s}.blob_refs (workflow_id, ref) SELECT %s, ref FROM {s}.blob_refs "
+            "WHERE workflow_id = %s ON CONFLICT DO NOTHING",
+            [target, source],
+        )
 
     def _truncate_txn(
         self, conn: psycopg.Connection, workflow_id: str, position: int, archive_id: str | None
@@ -84,7 +94,7 @@ class LineageMixin:
         ).fetchall()
         for (child,) in children:
             if archive_id is None:
-                self._forget_tree(conn, child)
+                self._forget_tree(conn, child)  # its blobs go at the next sweep
             else:
                 self._move_tree(conn, child, workflow_id, archive_id)
         conn.execute(
@@ -108,10 +118,15 @@ class LineageMixin:
             if new != wid:
                 conn.execute(f"UPDATE {s}.steps SET workflow_id = %s WHERE workflow_id = %s", [new, wid])
                 conn.execute(f"UPDATE {s}.steps SET child_id = %s WHERE child_id = %s", [new, wid])
+                conn.execute(f"UPDATE {s}.blob_refs SET workflow_id = %s WHERE workflow_id = %s",
+                             [new, wid])  # fmt: skip
 
-    def _forget_tree(self, conn: psycopg.Connection, root: str, unless_running: bool = False) -> int:
-        """Delete *root*, its descendants and its archived runs (with theirs), and their step
-        records; returns workflows removed. *unless_running*: nothing when one is running."""
+    def _forget_tree(
+        self, conn: psycopg.Connection, root: str, unless_running: bool = False
+    ) -> tuple[int, list[str]]:
+        """Delete *root*, its descendants and its archived runs (with theirs), their step
+        records and their holds on blobs: ``(workflows removed, blobs they held)``.
+        *unless_running*: nothing when one of them is running."""
         s = self.qschema
         rows = conn.execute(
             f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %s "
@@ -121,10 +136,13 @@ class LineageMixin:
             [root],
         ).fetchall()
         if unless_running and any(status == "running" for _, status in rows):
-            return 0
+            return 0, []
         ids = [wid for wid, _ in rows]
+        refs = [r[0] for r in conn.execute(
+            f"DELETE FROM {s}.blob_refs WHERE workflow_id = ANY(%s) RETURNING ref", [ids]
+        ).fetchall()]  # fmt: skip
         conn.execute(f"DELETE FROM {s}.steps WHERE workflow_id = ANY(%s)", [ids])
-        return conn.execute(f"DELETE FROM {s}.workflows WHERE id = ANY(%s)", [ids]).rowcount
+        return conn.execute(f"DELETE FROM {s}.workflows WHERE id = ANY(%s)", [ids]).rowcount, refs
 
     def fork(self, source_id: str, new_id: str, upto_position: int, executor: str) -> None:
         """Create *new_id* from *source_id*'s inputs and its step records before *upto_position*."""
@@ -146,3 +164,4 @@ class LineageMixin:
                 "WHERE workflow_id = %s AND position < %s",
                 [new_id, source_id, upto_position],
             )
+            self._copy_holds(conn, source_id, new_id)

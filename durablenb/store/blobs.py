@@ -72,13 +72,32 @@ class HashingWriter:
 
 
 class BlobStore:
-    """Where large values live. *compression*: how streams are compressed for this store."""
+    """Where large values live. *compression*: how streams are compressed for this store.
+
+    Each schema has blobs of its own (a subfolder, or its own tables), so that removing the
+    blobs one schema's workflows no longer hold never touches another's.
+    """
 
     url = ""
     compression: str | None = None
+    #: The store whose workflows hold these blobs (set by `open_blobs`).
+    store: Store | None = None
 
-    def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
-        """Store what *produce(file)* writes; returns ``(sha256 hex, size, crc32)`` once durable."""
+    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
+        """Store what *produce(file)* writes; returns ``(sha256 hex, size, crc32)`` once durable.
+
+        *owner*: the workflow that holds the blob, recorded before the blob is published or
+        an identical one reused, so that no collection can remove it in between.
+        """
+        raise NotImplementedError
+
+    def _hold(self, owner: str | None, ref: str) -> None:
+        if owner is not None and self.store is not None:
+            self.store.hold_blob(owner, ref)
+
+    def listing(self) -> Iterable[tuple[str, float | None]]:
+        """Every blob of this schema, with when it was last written or reused (epoch
+        seconds; None when the store cannot tell)."""
         raise NotImplementedError
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
@@ -89,16 +108,12 @@ class BlobStore:
         """
         raise NotImplementedError
 
-    def refs(self, older_than: float) -> Iterable[str]:
-        """Stored blobs created more than *older_than* seconds ago."""
-        raise NotImplementedError
-
     def delete(self, refs: Iterable[str]) -> int:
         """Delete these blobs; returns how many went."""
         raise NotImplementedError
 
-    def put_bytes(self, data: Any) -> tuple[str, int, int]:
-        return self.put(lambda f: f.write(data))
+    def put_bytes(self, data: Any, owner: str | None = None) -> tuple[str, int, int]:
+        return self.put(lambda f: f.write(data), owner)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
@@ -138,8 +153,9 @@ class FolderBlobs(BlobStore):
     a damaged one is replaced by the new copy, so recomputing a value heals its blob.
     """
 
-    def __init__(self, root: str | Path, compression: str | None = None) -> None:
-        self.root = Path(root).expanduser()
+    def __init__(self, base: str | Path, compression: str | None = None, namespace: str = "") -> None:
+        self.base = Path(base).expanduser()
+        self.root = self.base / namespace if namespace else self.base
         self.url = str(self.root)
         self.compression = compression
         try:
@@ -163,13 +179,13 @@ class FolderBlobs(BlobStore):
     def _path(self, ref: str) -> Path:
         return self.root / ref[:2] / ref
 
-    def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
         try:
-            return self._put(produce)
+            return self._put(produce, owner)
         except OSError as exc:
             raise _storage_error("write", self.url, exc) from exc
 
-    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+    def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "wb", buffering=0) as raw:
@@ -179,6 +195,7 @@ class FolderBlobs(BlobStore):
                     _faults.point("blob.before_commit")
                 os.fsync(raw.fileno())
             ref = w.ref
+            self._hold(owner, ref)
             final = self._path(ref)
             if final.exists() and _intact(final, w.size, w.crc):
                 tmp.unlink()
@@ -196,6 +213,8 @@ class FolderBlobs(BlobStore):
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
         path = self._path(ref)
+        if self.root != self.base and not path.exists():
+            path = self.base / ref[:2] / ref  # written before blobs had a folder per schema
         try:
             f = open(path, "rb")
         except FileNotFoundError:
@@ -210,13 +229,14 @@ class FolderBlobs(BlobStore):
         _check(data, ref, what, self.url, crc)
         return data
 
-    def refs(self, older_than: float) -> Iterable[str]:
-        limit = time.time() - older_than
+    def listing(self) -> Iterable[tuple[str, float | None]]:
         for sub in self.root.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
                 for f in sub.iterdir():
-                    if f.stat().st_mtime < limit:
-                        yield f.name
+                    try:
+                        yield f.name, f.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
 
     def delete(self, refs: Iterable[str]) -> int:
         n = 0
@@ -254,26 +274,31 @@ def _fsync_dir(path: Path) -> None:
 class PostgresBlobs(BlobStore):
     """Blobs in the store's own database, in 4 MB rows written with binary COPY."""
 
+    store: Store
+
     def __init__(self, store: Store, compression: str | None = "zstd") -> None:
         self.store = store
         self.url = f"{store.masked_dsn} (schema {store.schema})"
         self.compression = compression
         self.s = store.qschema
 
-    def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
         try:
-            return self._put(produce)
+            return self._put(produce, owner)
         except OSError as exc:
             raise _storage_error("write", self.url, exc) from exc
 
-    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+    def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         with tempfile.TemporaryFile() as tmp:
             w = HashingWriter(tmp)
             produce(w)
             ref, size, crc = w.ref, w.size, w.crc
             tmp.seek(0)
             with self.store.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.lock_key("blob:" + ref)])
+                if owner is not None:  # the same transaction: held exactly when stored
+                    self.store.hold_blob_in(conn, owner, ref)
+                else:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.blob_lock_key(ref)])
                 if conn.execute(f"SELECT 1 FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone():
                     if self._intact(conn, ref, size, crc):
                         return ref, size, crc
@@ -329,14 +354,12 @@ class PostgresBlobs(BlobStore):
         _check(buf, ref, what, self.url, crc)
         return buf
 
-    def refs(self, older_than: float) -> Iterable[str]:
+    def listing(self) -> Iterable[tuple[str, float | None]]:
         with self.store.connection() as conn:
             rows = conn.execute(
-                f"SELECT ref FROM {self.s}.blob_objects "
-                "WHERE created_at < clock_timestamp() - make_interval(secs => %s)",
-                [older_than],
+                f"SELECT ref, extract(epoch FROM created_at)::float8 FROM {self.s}.blob_objects"
             ).fetchall()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def delete(self, refs: Iterable[str]) -> int:
         refs = list(refs)
@@ -348,7 +371,7 @@ class PostgresBlobs(BlobStore):
 class FsspecBlobs(BlobStore):
     """Blobs under an fsspec URL (``s3://bucket/prefix``, ``gcs://…``) that all users reach."""
 
-    def __init__(self, url: str, compression: str | None = "zstd") -> None:
+    def __init__(self, url: str, compression: str | None = "zstd", namespace: str = "") -> None:
         try:
             import fsspec
         except ImportError:  # pragma: no cover - depends on the environment
@@ -356,24 +379,27 @@ class FsspecBlobs(BlobStore):
                 f"DURABLENB_BLOB_URL={url!r} needs fsspec (pip install fsspec and the "
                 "filesystem's package, such as s3fs)"
             ) from None
-        self.fs, self.base = fsspec.core.url_to_fs(url)
+        self.fs, base = fsspec.core.url_to_fs(url)
+        self.legacy_base = base.rstrip("/")
+        self.base = f"{self.legacy_base}/{namespace}" if namespace else self.legacy_base
         self.url = url
         self.compression = compression
 
-    def _path(self, ref: str) -> str:
-        return f"{self.base.rstrip('/')}/{ref[:2]}/{ref}"
+    def _path(self, ref: str, base: str | None = None) -> str:
+        return f"{base or self.base}/{ref[:2]}/{ref}"
 
-    def put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
+    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
         try:
-            return self._put(produce)
+            return self._put(produce, owner)
         except OSError as exc:
             raise _storage_error("write", self.url, exc) from exc
 
-    def _put(self, produce: Callable[[Any], None]) -> tuple[str, int, int]:
-        tmp = f"{self.base.rstrip('/')}/tmp/{uuid.uuid4().hex}.part"
+    def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
+        tmp = f"{self.base}/tmp/{uuid.uuid4().hex}.part"
         with self.fs.open(tmp, "wb") as raw:
             w = HashingWriter(raw)
             produce(w)
+        self._hold(owner, w.ref)
         final = self._path(w.ref)
         if self.fs.exists(final) and self.fs.size(final) == w.size:
             self.fs.rm(tmp)
@@ -383,7 +409,10 @@ class FsspecBlobs(BlobStore):
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
         try:
-            data = self.fs.cat_file(self._path(ref))
+            try:
+                data = self.fs.cat_file(self._path(ref))
+            except FileNotFoundError:  # written before blobs had a folder per schema?
+                data = self.fs.cat_file(self._path(ref, self.legacy_base))
         except FileNotFoundError:
             raise _missing(ref, what, self.url) from None
         except OSError as exc:
@@ -391,8 +420,13 @@ class FsspecBlobs(BlobStore):
         _check(data, ref, what, self.url, crc)
         return data
 
-    def refs(self, older_than: float) -> Iterable[str]:
-        return []  # object stores keep their own lifecycle rules
+    def listing(self) -> Iterable[tuple[str, float | None]]:
+        for path, info in self.fs.find(self.base, detail=True).items():
+            name = path.rsplit("/", 1)[-1]
+            if "/tmp/" in path or len(name) != 64:
+                continue
+            made = info.get("mtime") or info.get("LastModified") or info.get("created")
+            yield name, made.timestamp() if hasattr(made, "timestamp") else made
 
     def delete(self, refs: Iterable[str]) -> int:
         n = 0
@@ -414,13 +448,14 @@ def open_blobs(
     comp: Any = ... if compression is None else (None if compression == "none" else compression)
     if url:
         if "://" in url and not url.startswith("file://"):
-            blobs: BlobStore = FsspecBlobs(url)
+            blobs: BlobStore = FsspecBlobs(url, namespace=store.schema)
         else:
-            blobs = FolderBlobs(url.removeprefix("file://"))
+            blobs = FolderBlobs(url.removeprefix("file://"), namespace=store.schema)
     elif embedded_home is not None:
-        blobs = FolderBlobs(Path(embedded_home) / "blobs")
+        blobs = FolderBlobs(Path(embedded_home) / "blobs", namespace=store.schema)
     else:
         blobs = PostgresBlobs(store)
+    blobs.store = store
     if comp is not ...:
         blobs.compression = comp
     return blobs
