@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 
 import numpy as np
@@ -327,3 +328,46 @@ def test_restored_frames_can_be_modified(schema, small_threshold):
     back.loc[1, "cat"] = "new"
     assert back.loc[0, "x"] == -1.0 and back.loc[0, "i"] == 1 and back.loc[1, "cat"] == "new"
     same(frame, dnb.output(wf.id_for(), 0))  # the blob is intact
+
+
+POLARS = """
+import datetime as dt
+import json
+import polars as pl
+
+def frame(n):
+    return pl.DataFrame({
+        "i": list(range(n)), "s": [f"x{i % 7}" for i in range(n)], "f": [i / 3 for i in range(n)],
+        "t": [dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i) for i in range(n)],
+        "c": pl.Series([f"c{i % 3}" for i in range(n)], dtype=pl.Categorical),
+        "n": [None if i % 5 == 0 else i for i in range(n)],
+    })
+
+@dnb.step
+def make(n):
+    hit("make")
+    return frame(n)
+
+@dnb.workflow
+def wf():
+    return [make(20), make(60_000)]  # one inline, one a blob
+
+with dnb.workflow_id("polars"):
+    small, big = wf()
+ok = [small.equals(frame(20)), big.equals(frame(60_000)), big.schema == frame(60_000).schema,
+      type(big).__module__.split(".")[0]]
+print(json.dumps(ok))
+"""
+
+
+def test_polars_frames_round_trip_through_arrow(run_child, effects, sql, schema):
+    pytest.importorskip("polars")  # an optional extra, installed by `make test`
+    env = {"DURABLENB_BLOB_THRESHOLD": "100000"}
+    first = run_child(POLARS, env=env)
+    assert json.loads(first.stdout) == [True, True, True, "polars"], first.stderr[-2000:]
+    sql.execute(f"UPDATE \"{schema}\".workflows SET status = 'running'")  # replay from records
+    again = run_child(POLARS, env=env)
+    assert json.loads(again.stdout) == [True, True, True, "polars"], again.stderr[-2000:]
+    assert effects.count("make") == 2
+    codecs_used = [r[0] for r in sql.execute(f'SELECT codec FROM "{schema}".steps ORDER BY position')]
+    assert all(c.startswith("arrow") for c in codecs_used)
