@@ -8,17 +8,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import class_row
 
+from ._lineage import tree_cte
 from ._notify import CANCEL_CHANNEL
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
-
-
-def _tree(s: str, through: str = "c.parent_id = t.id") -> str:
-    """A recursive CTE ``tree(id)``: the workflow ``%(id)s`` and those linked below it."""
-    return (
-        f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %(id)s "
-        f"UNION ALL SELECT c.id, t.depth + 1 FROM {s}.workflows c JOIN tree t ON {through} "
-        "WHERE t.depth < 1000) "
-    )
 
 
 class AdminMixin:
@@ -98,7 +90,7 @@ class AdminMixin:
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             rows = conn.execute(
-                f"{_tree(s)} UPDATE {s}.workflows SET status = 'cancelled', "
+                f"{tree_cte(s)} UPDATE {s}.workflows SET status = 'cancelled', "
                 "updated_at = clock_timestamp(), finished_at = clock_timestamp() "
                 "WHERE id IN (SELECT id FROM tree) AND status = 'running' RETURNING id",
                 {"id": workflow_id},
@@ -113,7 +105,7 @@ class AdminMixin:
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             ids = [r[0] for r in conn.execute(
-                f"{_tree(s)} UPDATE {s}.workflows SET status = 'running', error = NULL, "
+                f"{tree_cte(s)} UPDATE {s}.workflows SET status = 'running', error = NULL, "
                 "error_type = NULL, error_message = NULL, error_traceback = NULL, "
                 "finished_at = NULL, updated_at = clock_timestamp() "
                 "WHERE id IN (SELECT id FROM tree) AND status IN ('cancelled', 'failed') RETURNING id",

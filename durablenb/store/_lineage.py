@@ -12,6 +12,17 @@ import psycopg
 
 from .records import StepRecord, WorkflowRow, columns
 
+
+def tree_cte(s: str, through: str = "c.parent_id = t.id") -> str:
+    """A recursive CTE ``tree(id)``: the workflow ``%(id)s`` and those linked below it
+    *through* a join condition on ``c`` (a candidate) and ``t`` (one already in the tree)."""
+    return (
+        f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %(id)s "
+        f"UNION ALL SELECT c.id, t.depth + 1 FROM {s}.workflows c JOIN tree t ON {through} "
+        "WHERE t.depth < 1000) "
+    )
+
+
 # Columns copied as they are when a run is archived or forked.
 _WF_COPIED = [c for c in columns(WorkflowRow) if c not in ("id", "status", "archive_of", "lineage_id")]
 _STEP_COPIED = [c for c in columns(StepRecord) if c != "workflow_id"]
@@ -129,11 +140,9 @@ class LineageMixin:
         *unless_running*: nothing when one of them is running."""
         s = self.qschema
         rows = conn.execute(
-            f"WITH RECURSIVE tree(id, depth) AS (SELECT id, 0 FROM {s}.workflows WHERE id = %s "
-            f"UNION ALL SELECT c.id, t.depth + 1 FROM {s}.workflows c JOIN tree t "
-            "ON c.parent_id = t.id OR c.archive_of = t.id WHERE t.depth < 1000) "
-            f"SELECT w.id, w.status FROM {s}.workflows w WHERE w.id IN (SELECT id FROM tree) FOR UPDATE",
-            [root],
+            f"{tree_cte(s, 'c.parent_id = t.id OR c.archive_of = t.id')} SELECT w.id, w.status "
+            f"FROM {s}.workflows w WHERE w.id IN (SELECT id FROM tree) FOR UPDATE",
+            {"id": root},
         ).fetchall()
         if unless_running and any(status == "running" for _, status in rows):
             return 0, []

@@ -89,6 +89,13 @@ class BlobStore:
         *owner*: the workflow that holds the blob, recorded before the blob is published or
         an identical one reused, so that no collection can remove it in between.
         """
+        try:
+            return self._put(produce, owner)
+        except OSError as exc:  # a full disk, missing permissions, an unreachable store
+            raise _storage_error("write", self.url, exc) from exc
+
+    def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
+        """`put` for this kind of store; an `OSError` means the store failed the write."""
         raise NotImplementedError
 
     def _hold(self, owner: str | None, ref: str) -> None:
@@ -178,12 +185,6 @@ class FolderBlobs(BlobStore):
 
     def _path(self, ref: str) -> Path:
         return self.root / ref[:2] / ref
-
-    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
-        try:
-            return self._put(produce, owner)
-        except OSError as exc:
-            raise _storage_error("write", self.url, exc) from exc
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
@@ -281,12 +282,6 @@ class PostgresBlobs(BlobStore):
         self.url = f"{store.masked_dsn} (schema {store.schema})"
         self.compression = compression
         self.s = store.qschema
-
-    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
-        try:
-            return self._put(produce, owner)
-        except OSError as exc:
-            raise _storage_error("write", self.url, exc) from exc
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         with tempfile.TemporaryFile() as tmp:
@@ -387,12 +382,6 @@ class FsspecBlobs(BlobStore):
 
     def _path(self, ref: str, base: str | None = None) -> str:
         return f"{base or self.base}/{ref[:2]}/{ref}"
-
-    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
-        try:
-            return self._put(produce, owner)
-        except OSError as exc:
-            raise _storage_error("write", self.url, exc) from exc
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         tmp = f"{self.base}/tmp/{uuid.uuid4().hex}.part"
