@@ -2,8 +2,10 @@
 
     python bench/step_overhead.py [--dsn URL] [--steps 300] [--workflows 300] [--rounds 7]
 
-Baselines, on the same database in the same process, interleaved round by round so that
-drift on a shared machine hits all of them alike:
+durablenb runs each workflow twice: with ``durability="full"`` (every record flushed before
+its step returns) and ``"kernel"`` (records commit without waiting for the flush; the end of
+the workflow still waits). Baselines, on the same database in the same process, interleaved
+round by round so that drift on a shared machine hits all of them alike:
 - the floor: one autocommitted single-row INSERT through psycopg (what any durable record
   costs: a round trip and a WAL flush);
 - DBOS (``dbos`` from PyPI) running the same workflows, when it is installed.
@@ -79,14 +81,15 @@ def workflows_of(decorate_step, decorate_workflow):
     return many, one
 
 
-def time_round(many, one, n_steps: int, n_wf: int, r: int) -> tuple[float, float]:
-    """Seconds for an *n_steps* workflow and for *n_wf* one-step workflows."""
+def time_round(many, one, n_steps: int, n_wf: int, tag: str) -> tuple[float, float]:
+    """Seconds for an *n_steps* workflow and for *n_wf* one-step workflows, all new (their
+    arguments include *tag*)."""
     t = time.perf_counter()
-    many(n_steps, r)
+    many(n_steps, tag)
     steps = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(n_wf):
-        one(r * n_wf + i)
+        one(f"{tag}-{i}")
     return steps, time.perf_counter() - t
 
 
@@ -96,18 +99,19 @@ def run(dsn: str, n_steps: int, n_wf: int, rounds: int, with_dbos: bool) -> dict
     floor = Floor(dsn)
     schema = "bench_" + uuid.uuid4().hex[:8]
     dnb.connect(dsn, schema=schema)
-    ours = workflows_of(dnb.step, dnb.workflow)
+    full = workflows_of(dnb.step, dnb.workflow(durability="full"))
+    kernel = workflows_of(dnb.step, dnb.workflow(durability="kernel"))
     dbos = setup_dbos(dsn) if with_dbos else None
-    systems = [("durablenb", ours)] + ([("DBOS", dbos)] if dbos else [])
-    for _, (many, one) in systems:  # warm-up
-        many(10, "warm")
+    systems = [("full", full), ("kernel", kernel)] + ([("DBOS", dbos)] if dbos else [])
+    for name, (many, one) in systems:  # warm-up
+        many(10, f"{name}-warm")
         for i in range(20):
-            one(-i - 1)
+            one(f"{name}-warm-{i}")
     out: dict[str, list[float]] = {"floor": []}
     for r in range(rounds):
         out["floor"].append(floor.batch(n_steps) / n_steps * 1e6)
         for name, (many, one) in systems:
-            steps, wfs = time_round(many, one, n_steps, n_wf, r)
+            steps, wfs = time_round(many, one, n_steps, n_wf, f"{name}-{r}")
             out.setdefault(f"{name} step", []).append(steps / n_steps * 1e6)
             out.setdefault(f"{name} workflow", []).append(wfs / n_wf * 1e6)
     floor.close()
@@ -164,16 +168,17 @@ def main() -> int:
              for k, v in res.items()}
     print(f"\nstep overhead — {backend} PostgreSQL, {args.steps}-step workflow, "
           f"{args.workflows} one-step workflows, {args.rounds} interleaved rounds (medians)\n")  # fmt: skip
-    print(f"| {'measure':<28} | {'durablenb':>10} | {'INSERT floor':>12} | {'DBOS':>10} "
-          f"| {'vs floor':>8} | {'DBOS / ours':>11} |")  # fmt: skip
-    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 14}|{'-' * 12}|{'-' * 10}|{'-' * 13}|")
+    print(f"| {'measure':<28} | {'durability':<10} | {'durablenb':>9} | {'INSERT floor':>12} "
+          f"| {'DBOS':>8} | {'vs floor':>8} | {'DBOS / ours':>11} |")  # fmt: skip
+    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 11}|{'-' * 14}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
     for label, key in (("µs per step", "step"), ("µs per one-step workflow", "workflow")):
-        ours, other = med[f"durablenb {key}"], med.get(f"DBOS {key}")
-        o = f"{other:10.0f}" if other else f"{'n/a':>10}"
-        pairs = zip(res.get(f"DBOS {key}", []), res[f"durablenb {key}"], strict=False)
-        faster = f"{statistics.median(d / u for d, u in pairs):10.1f}x" if other else f"{'n/a':>11}"
-        print(f"| {label:<28} | {ours:10.0f} | {med['floor']:12.0f} | {o} | "
-              f"{ratio[f'durablenb {key}']:7.2f}x | {faster} |")  # fmt: skip
+        for mode in ("full", "kernel"):
+            ours, other = med[f"{mode} {key}"], med.get(f"DBOS {key}")
+            o = f"{other:8.0f}" if other else f"{'n/a':>8}"
+            pairs = zip(res.get(f"DBOS {key}", []), res[f"{mode} {key}"], strict=False)
+            faster = f"{statistics.median(d / u for d, u in pairs):10.1f}x" if other else f"{'n/a':>11}"
+            print(f"| {label:<28} | {mode:<10} | {ours:9.0f} | {med['floor']:12.0f} | {o} | "
+                  f"{ratio[f'{mode} {key}']:7.2f}x | {faster} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": backend, "rounds": res, "medians": med, "ratios": ratio}, f, indent=2)

@@ -43,6 +43,7 @@ from .errors import (
     InvalidIdError,
     NonDeterministicWorkflowError,
     RecordedError,
+    RecordsLostError,
     SchemaVersionError,
     StorageError,
     StoreUnavailableError,
@@ -86,5 +87,5 @@ __all__ = [
     "WorkflowCancelledError", "WorkflowConflictError", "WorkflowNotFoundError",
     "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
     "UnserializableOutputError", "RecordedError", "DurableUsageError", "InvalidIdError",
-    "StorageError", "UnhashableArgumentsError",
+    "StorageError", "UnhashableArgumentsError", "RecordsLostError",
 ]  # fmt: skip

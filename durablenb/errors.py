@@ -4,6 +4,7 @@ Every error a user can meet derives from `DurableError`::
 
     DurableError
     ├── StoreUnavailableError          the database cannot be reached (DSN shown, password masked)
+    │   └── RecordsLostError           a database crash lost records the running workflow wrote
     ├── StorageError                   the blob store cannot be written or read (disk full, access)
     ├── SchemaVersionError             the database holds a newer durablenb schema than this code
     ├── CorruptRecordError             a stored record fails its checksum or cannot be decoded
@@ -32,6 +33,7 @@ from typing import Any
 __all__ = [
     "DurableError",
     "StoreUnavailableError",
+    "RecordsLostError",
     "StorageError",
     "SchemaVersionError",
     "CorruptRecordError",
@@ -82,6 +84,29 @@ class StoreUnavailableError(DurableError):
         """Whether waiting and retrying can help (a lost connection, exhausted resources)."""
         state = self.sqlstate
         return state is None or state[:2] in ("08", "53", "57", "40")
+
+
+class RecordsLostError(StoreUnavailableError):
+    """The database crashed while a workflow ran under ``kernel`` durability and came back
+    without records it had acknowledged (their log was not flushed yet). The run stops; the
+    workflow stays resumable, and rerunning it runs the lost *positions* again."""
+
+    def __init__(self, workflow_id: str, positions: list[int], row_lost: bool = False) -> None:
+        what = "its own record" if row_lost and not positions else (
+            f"the records of position{'s' if len(positions) > 1 else ''} "
+            f"{', '.join(map(str, positions))}" + (" and its own record" if row_lost else ""))
+        super().__init__(
+            f"the database restarted after a crash and lost {what} of workflow {workflow_id!r}: "
+            "they were written with durability='kernel' and their log was not flushed yet. "
+            "This run stops here; rerun the workflow to resume it (the lost steps run again)."
+        )
+        self.workflow_id = workflow_id
+        self.positions = list(positions)
+        self.row_lost = row_lost
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class StorageError(DurableError):

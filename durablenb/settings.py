@@ -12,6 +12,7 @@ variable                       `Settings` field                    meaning (defa
 ``DURABLENB_SECRET``           ``secret``                          HMAC key signing pickled records
 ``DURABLENB_RETRY_SECONDS``    ``retry_seconds``                   how long writes ride out an outage
 ``DURABLENB_SYNC_STATUS``      ``sync_status``                     start rows commit synchronously too
+``DURABLENB_DURABILITY``       ``durability``                      full or kernel (per backend)
 ``DURABLENB_TIMELINE``         ``timeline``                        live timelines in kernels (1)
 ``DURABLENB_FAULT``            ``fault``                           test kill point ``phase@n``
 ``DURABLENB_FAULT_COUNT``      ``fault_count``                     test file listing kill points
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "ENV"]
+__all__ = ["Settings", "ENV", "DURABILITIES", "check_durability"]
 
 #: Environment variable of each field.
 ENV = {
@@ -40,12 +41,24 @@ ENV = {
     "secret": "DURABLENB_SECRET",
     "retry_seconds": "DURABLENB_RETRY_SECONDS",
     "sync_status": "DURABLENB_SYNC_STATUS",
+    "durability": "DURABLENB_DURABILITY",
     "timeline": "DURABLENB_TIMELINE",
     "fault": "DURABLENB_FAULT",
     "fault_count": "DURABLENB_FAULT_COUNT",
 }
 
 _COMPRESSIONS = ("none", "lz4", "zstd")
+
+#: What a step record survives once its step returns: ``full``, any crash (each record waits
+#: for its log flush); ``kernel``, any death of the Python process (the flush comes later).
+DURABILITIES = ("full", "kernel")
+
+
+def check_durability(value: str | None, what: str = "durability") -> str | None:
+    """*value* if it is a durability (or None); else `ValueError`."""
+    if value is not None and value not in DURABILITIES:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, DURABILITIES))}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,8 @@ class Settings:
     secret: bytes | None = dataclasses.field(default=None, repr=False)
     retry_seconds: float = 30.0
     sync_status: bool = False
+    #: None: ``kernel`` on the embedded server, ``full`` on a server URL (see docs/design.md).
+    durability: str | None = None
     timeline: bool = True
     fault: str = ""
     fault_count: str = ""
@@ -79,6 +94,7 @@ class Settings:
             if text is not None:
                 values[field] = _parse(field, text)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        check_durability(values.get("durability"))
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -109,6 +125,8 @@ def _parse(field: str, text: str) -> Any:
             return text
         if field == "secret":
             return text.encode()
+        if field == "durability":
+            return check_durability(text.strip().lower())
     except ValueError as exc:
         raise ValueError(f"{var}={text!r} is not valid: {exc}") from None
     return text

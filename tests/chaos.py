@@ -10,6 +10,9 @@ Two more phases come from outside: another process cancels the workflow at a ran
 (then resumes it), or forgets and garbage-collects workflows whose ids look like its own
 while it runs.
 
+Trials alternate between the two durabilities, ``full`` and ``kernel`` (records commit
+without waiting for their log flush): a SIGKILL of the Python process must find both alike.
+
 Invariants, checked from files and tables, never from the process's own report:
 - a step whose record existed when a run was killed never runs again;
 - every transaction's effect happens exactly once (the unrecordable one: never);
@@ -121,13 +124,26 @@ STEP_LABELS = ["s0", "big", "s2", "s103", "s10", "s11", "s12", "s13"]
 @dataclass
 class Trial:
     seed: int
+    durability: str = "full"
     kills: list[str] = field(default_factory=list)
     runs: int = 0
     violations: list[str] = field(default_factory=list)
 
 
-def _env(base: dict[str, str], effects: Path, wid: str, fault: str | None) -> dict[str, str]:
+#: The durabilities trials take turns with (a block of four trials each: every mode in both).
+DURABILITIES = ("full", "kernel")
+
+
+def durability_of(seed: int) -> str:
+    """The durability trial *seed* runs with."""
+    return DURABILITIES[(seed // 4) % len(DURABILITIES)]
+
+
+def _env(base: dict[str, str], effects: Path, wid: str, fault: str | None,
+         durability: str | None = None) -> dict[str, str]:  # fmt: skip
     env = dict(base)
+    if durability:
+        env["DURABLENB_DURABILITY"] = durability
     env["EFFECTS_DIR"] = str(effects)
     env["CHAOS_ID"] = wid
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -188,7 +204,7 @@ class _Outside:
             if proc.poll() is not None:
                 return "cancel (not reached)"
             time.sleep(0.01)
-        time.sleep(self.rng.uniform(0.0, 0.25))
+        time.sleep(self.rng.uniform(0.0, 0.04))  # the workflow takes about 0.05-0.2 s
         return "cancel" if self.store.cancel(self.wid) else "cancel (too late)"
 
     def forget_lookalike(self, proc: subprocess.Popen) -> str:
@@ -200,7 +216,12 @@ class _Outside:
             "ON CONFLICT (id) DO NOTHING",
             [self.lookalike],
         )
-        time.sleep(self.rng.uniform(0.0, 1.5))
+        delay = self.rng.uniform(0.0, 0.2)
+        while _status(self.conn, self.schema, self.wid) is None:  # not started yet
+            if proc.poll() is not None:
+                return "gc.lookalike (not reached)"
+            time.sleep(0.01)
+        time.sleep(delay)
         if proc.poll() is not None:
             return "gc.lookalike (not reached)"
         self.store.forget(self.lookalike)
@@ -221,7 +242,7 @@ def _run(env: dict[str, str], args: list[str], act: Any) -> tuple[int, str, str,
 def run_trial(seed: int, points: Counter, base_env: dict[str, str], dsn: str, schema: str,
               kills_per_trial: int = 2, store: Any = None) -> Trial:  # fmt: skip
     rng = random.Random(seed)
-    trial = Trial(seed)
+    trial = Trial(seed, durability=durability_of(seed))
     mode = ["kills", "cancel", "kills", "lookalike"][seed % 4] if store else "kills"
     base = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
     wid = base + rng.choice(["/3", "~7"]) if mode == "lookalike" else base
@@ -243,7 +264,7 @@ def run_trial(seed: int, points: Counter, base_env: dict[str, str], dsn: str, sc
                     act = outside.forget_lookalike
             args = ["resume"] if _status(conn, schema, wid) == "cancelled" else []
             returned_before = _lines(effects / "returned.log")
-            code, out, err, done = _run(_env(base_env, effects, wid, fault), args, act)
+            code, out, err, done = _run(_env(base_env, effects, wid, fault, trial.durability), args, act)
             trial.runs += 1
             if done:
                 trial.kills.append(done)
@@ -339,6 +360,9 @@ def run_matrix(trials: int, seed: int, base_env: dict[str, str], dsn: str, schem
         "faults_from_outside": dict(Counter(k for r in results for k in r.kills if "@" not in k)),
         "workflows_resumed": sum(1 for r in results if r.kills),
         "workflows_finished_right": sum(1 for r in results if not r.violations),
+        "trials_by_durability": dict(Counter(r.durability for r in results)),
+        "kills_by_durability": dict(Counter(r.durability for r in results for k in r.kills if "@" in k
+                                            and "(" not in k)),
         "violations": [v for r in results for v in r.violations],
         "seconds": round(time.time() - t0, 1),
     }

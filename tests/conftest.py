@@ -148,10 +148,10 @@ class Database:
     def __init__(self) -> None:
         self.kind = _KIND
 
-    def _cluster(self, action: str) -> None:
+    def _cluster(self, action: str, mode: str = "fast") -> None:
         version = sorted(os.listdir("/etc/postgresql"))[-1]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
-                       + (["-m", "fast"] if action == "stop" else []), check=True,
+                       + (["-m", mode] if action == "stop" else []), check=True,
                        capture_output=True)  # fmt: skip
 
     def stop(self) -> None:
@@ -159,6 +159,17 @@ class Database:
             server.stop(_HOME)
         else:
             self._cluster("stop")
+
+    def crash(self) -> None:
+        """Stop the database as a crash does: ``pg_ctl stop -m immediate`` (every process
+        quits at once; log not yet written out is lost; recovery runs at the next start)."""
+        if _HOME is None:
+            self._cluster("stop", mode="immediate")
+            return
+        pg = server._server(_HOME, start=False)
+        subprocess.run([str(pg.bin_path / "pg_ctl"), "-D", str(server.data_dir(_HOME)), "-w",
+                        "stop", "-m", "immediate"], user=pg.system_user, check=True,
+                       capture_output=True)  # fmt: skip
 
     def start(self) -> None:
         if _HOME is not None:

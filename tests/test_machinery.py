@@ -169,6 +169,7 @@ def _examples() -> list[BaseException]:
     return [
         e.DurableError("root"),
         e.StoreUnavailableError("cannot reach", dsn="postgresql://u:***@h/db", sqlstate="53100"),
+        e.RecordsLostError("wf-1", [4, 5], row_lost=True),
         e.StorageError("disk full"),
         e.SchemaVersionError("newer"),
         e.CorruptRecordError("bad crc"),

@@ -50,7 +50,7 @@ def workflow(func: F) -> Workflow: ...
 @overload
 def workflow(
     func: None = None, *, name: str | None = None, on_change: str = "fork",
-    on_busy: str = "error", wait_timeout: float = 3600.0,
+    on_busy: str = "error", wait_timeout: float = 3600.0, durability: str | None = None,
 ) -> Callable[[F], Workflow]: ...  # fmt: skip
 def workflow(
     func: Callable[..., Any] | None = None,
@@ -59,19 +59,24 @@ def workflow(
     on_change: str = "fork",
     on_busy: str = "error",
     wait_timeout: float = 3600.0,
+    durability: str | None = None,
 ) -> Any:
     """Make *func* a durable workflow: ``@workflow`` or ``@workflow(name=..., ...)``.
 
     *on_change*: ``"fork"`` re-runs from the first changed step when the code changed since
     the recorded run, ``"error"`` raises `CodeChangedError`, ``"ignore"`` replays anyway.
     *on_busy*: ``"error"`` or ``"wait"`` (up to *wait_timeout* s) when another executor runs it.
+    *durability*: ``"full"`` (each step record is flushed to disk before the step returns)
+    or ``"kernel"`` (records survive any death of the Python process; a database crash can
+    lose the last fraction of a second of them); default: the calling workflow's, else the
+    connection's.
     """
     if func is None:
         return functools.partial(workflow, name=name, on_change=on_change, on_busy=on_busy,
-                                 wait_timeout=wait_timeout)  # fmt: skip
+                                 wait_timeout=wait_timeout, durability=durability)  # fmt: skip
     _live_timelines()
     return Workflow(func, name=name, on_change=on_change, on_busy=on_busy,
-                    wait_timeout=wait_timeout)  # fmt: skip
+                    wait_timeout=wait_timeout, durability=durability)  # fmt: skip
 
 
 def _live_timelines() -> None:

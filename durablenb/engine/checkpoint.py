@@ -141,6 +141,7 @@ class Slot:
                 winner = done.winner
             elif done.written is not None:
                 ours = winner = done.written
+                run.lease.wrote(ours.position, run.lease.asynchronous)
             else:
                 ours = self.record(done)
                 winner = run.lease.record_step(ours)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import DurableUsageError
+from ..settings import check_durability
 from .hashing import code_hash, function_name
 from .identity import check_name
 
@@ -149,6 +150,8 @@ class Workflow(_Durable):
     ``"fork"`` (re-run from the first changed step), ``"error"`` or ``"ignore"``.
     *on_busy*: ``"error"`` raises `WorkflowBusyError` when another executor runs the same
     workflow; ``"wait"`` waits up to *wait_timeout* seconds for it.
+    *durability*: ``"full"`` or ``"kernel"``; None takes the calling workflow's, else the
+    connection's (`durablenb.settings.Settings.durability`).
     """
 
     kind = "workflow"
@@ -161,8 +164,10 @@ class Workflow(_Durable):
         on_change: str = "fork",
         on_busy: str = "error",
         wait_timeout: float = 3600.0,
+        durability: str | None = None,
     ) -> None:
         super().__init__(fn, name)
+        self.durability = check_durability(durability)
         if on_change not in ("fork", "error", "ignore"):
             raise ValueError("on_change must be 'fork', 'error' or 'ignore'")
         if on_busy not in ("error", "wait"):

@@ -172,7 +172,7 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
         wid = slot.close(Done(True, wid, child_id=wid))
     digest = args_digest(wf.name, args, kwargs, required=False)
     return launch(wf, wid, args, kwargs, digest, inputs, store=parent.store, position=slot.position,
-                  parent_id=parent.id)  # fmt: skip
+                  parent_id=parent.id, durability=parent.lease.durability)  # fmt: skip
 
 
 def retrieve(workflow_id: str) -> WorkflowHandle:

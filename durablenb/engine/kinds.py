@@ -157,7 +157,8 @@ def _transaction_once(store: Store, spec: Transaction, args: tuple[Any, ...], kw
         rec = slot.record(done)
         if not done.ok:  # the output cannot be encoded: roll the body back, record the error
             raise _RolledBack(done)
-        if not store.insert_step_in(conn, rec):  # another executor recorded it first: roll back
+        lease = slot.run.lease
+        if not store.insert_step_in(conn, rec, asynchronous=lease.asynchronous):  # recorded first: roll back
             raise _RolledBack(None)
         if _faults.ACTIVE:
             _faults.point("txn.before_commit")

@@ -125,11 +125,13 @@ async def call_workflow_async(spec: Workflow, args: Args, kwargs: Kwargs) -> Any
 def execute(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
     inputs: values.Stored, parent: WorkflowRun | None = None, position: int | None = None,
-    parent_id: str | None = None,
+    parent_id: str | None = None, durability: str | None = None,
 ) -> Any:  # fmt: skip
-    """Own *wid*, then run or resume it; returns its output (or its recorded outcome)."""
+    """Own *wid*, then run or resume it; returns its output (or its recorded outcome).
+
+    *durability*: the starting workflow's, when *spec* does not choose one."""
     __tracebackhide__ = True
-    lease = store.lease(wid, share=parent.lease if parent is not None else None)
+    lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
         if isinstance(opened, WorkflowRow):
@@ -143,11 +145,11 @@ def execute(
 async def execute_async(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
     inputs: values.Stored, parent: WorkflowRun | None = None, position: int | None = None,
-    parent_id: str | None = None,
+    parent_id: str | None = None, durability: str | None = None,
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
     __tracebackhide__ = True
-    lease = store.lease(wid, share=parent.lease if parent is not None else None)
+    lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
         if isinstance(opened, WorkflowRow):
@@ -156,6 +158,16 @@ async def execute_async(
     finally:
         lease.close()
         store.clear_cancelled(wid)
+
+
+def _lease(store: Store, spec: Workflow, wid: str, parent: WorkflowRun | None,
+           durability: str | None) -> Lease:  # fmt: skip
+    """The lease of *wid*: on its inline parent's connection, with the durability *spec*
+    chooses, else the caller's, else the store's."""
+    if parent is not None:
+        durability = durability or parent.lease.durability
+    return store.lease(wid, share=parent.lease if parent is not None else None,
+                       durability=spec.durability or durability)  # fmt: skip
 
 
 def definitions(spec: Workflow) -> planner.Definitions:

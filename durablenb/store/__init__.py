@@ -74,7 +74,7 @@ class _Queries:
         s = self.s = qschema
         self.begin = self._begin(child=False)
         self.begin_child = self._begin(child=True)
-        self._inserts: dict[tuple[str, ...], str] = {}
+        self._inserts: dict[tuple[tuple[str, ...], bool], str] = {}
         self.finish = (
             f"WITH upd AS (UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
             "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
@@ -119,20 +119,29 @@ class _Queries:
             "SELECT lk.got, (SELECT status FROM ins), (SELECT v FROM cfg) FROM lk"
         )
 
-    def insert_step(self, names: tuple[str, ...]) -> str:
+    def insert_step(self, names: tuple[str, ...], asynchronous: bool = False) -> str:
         """The INSERT of a step record with the columns *names* (its non-NULL fields: fewer
         parameters to send and store); one statement text per set, prepared on first use.
 
         A plain INSERT: a record already at the position (another executor's, which wins) is
         a unique violation, rare, and cheaper to handle than a speculative insertion
-        (ON CONFLICT) on every record."""
-        sql = self._inserts.get(names)
+        (ON CONFLICT) on every record. *asynchronous*: the statement's own transaction
+        commits without waiting for its log flush (``synchronous_commit = off`` set for that
+        transaction alone, in the same statement)."""
+        key = (names, asynchronous)
+        sql = self._inserts.get(key)
         if sql is None:
             values = ", ".join(
                 "to_timestamp(%s)" if c.endswith("_at") else "%b" if c in ("output", "error") else "%s"
                 for c in names
             )
-            sql = self._inserts[names] = f"INSERT INTO {self.s}.steps ({', '.join(names)}) VALUES ({values})"
+            into = f"INSERT INTO {self.s}.steps ({', '.join(names)})"
+            if asynchronous:
+                sql = (f"WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)) "
+                       f"{into} SELECT {values} FROM cfg")  # fmt: skip
+            else:
+                sql = f"{into} VALUES ({values})"
+            self._inserts[key] = sql
         return sql
 
 
@@ -143,10 +152,12 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
     blob store, secret, retry budget…; default: from the environment). *max_size*: the
     most connections kept open.
 
-    Step records and workflow ends commit synchronously: once acknowledged they survive any
-    crash. The row that opens a workflow commits asynchronously unless
+    Workflow ends commit synchronously: once acknowledged they survive any crash. Step
+    records do too when the workflow's durability is ``full``; under ``kernel`` they commit
+    without waiting for the log flush and survive any death of the client process (see
+    docs/design.md). The row that opens a workflow commits asynchronously unless
     ``settings.sync_status``: PostgreSQL writes its log in order, so it is durable no later
-    than the first step record.
+    than the first synchronous commit after it.
     """
 
     def __init__(
@@ -174,6 +185,8 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
         #: How long record writes retry while the database is away before giving up.
         self.retry_seconds = settings.retry_seconds
         self.status_commit_mode: str | None = None if settings.sync_status else "off"
+        #: The durability of workflows that do not choose one (see `Settings.durability`).
+        self.durability = settings.durability or ("kernel" if embedded_home is not None else "full")
         try:
             first = psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout))
         except psycopg.Error as exc:  # unreachable, refused, or a malformed connection string
@@ -337,10 +350,11 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
         digest = hashlib.blake2b(f"{self.schema}\0{workflow_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def lease(self, workflow_id: str, share: Lease | None = None) -> Lease:
+    def lease(self, workflow_id: str, share: Lease | None = None, durability: str | None = None) -> Lease:
         """A connection ready to take *workflow_id*'s lock (see `Lease.begin`); with *share*,
-        the connection of that (enclosing) lease."""
-        return Lease(self, workflow_id, share)
+        the connection of that (enclosing) lease. *durability*: of the records it writes
+        (default: the store's)."""
+        return Lease(self, workflow_id, share, durability or self.durability)
 
     # -- step records ----------------------------------------------------------------------
     def get_step(
@@ -357,14 +371,17 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
             return cur.execute(q, [workflow_id, position]).fetchone()
 
     def insert_step_in(
-        self, conn: psycopg.Connection, rec: StepRecord, cur: psycopg.Cursor | None = None
-    ) -> bool:
+        self, conn: psycopg.Connection, rec: StepRecord, cur: psycopg.Cursor | None = None,
+        asynchronous: bool = False,
+    ) -> bool:  # fmt: skip
         """Write *rec* on *conn* (inside the caller's transaction, or on *cur*); False when a
-        record already held the position."""
+        record already held the position. *asynchronous*: the transaction it commits in does
+        not wait for its log flush."""
         names, values = rec.filled()
         with self._guard(conn):
             try:
-                (cur or conn.cursor()).execute(self._q.insert_step(names), values, prepare=True)
+                sql = self._q.insert_step(names, asynchronous)
+                (cur or conn.cursor()).execute(sql, values, prepare=True)
             except psycopg.errors.UniqueViolation:  # the only unique key of steps: the position
                 return False
             return True

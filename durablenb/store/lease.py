@@ -4,6 +4,11 @@ Only the lease's holder writes the workflow's records. The lock belongs to the c
 a crashed kernel's lock vanishes with its connection and the workflow is free to resume.
 A child workflow called inline shares its parent's connection (advisory locks are per key,
 so the session holds both), so nesting depth never exhausts the pool.
+
+Under ``kernel`` durability the lease's step records commit without waiting for their log
+flush. It remembers which ones no synchronous commit has flushed since; when the connection
+is lost and taken again, it checks they are still there (a database crash loses the last
+unflushed commits) and stops the run with `RecordsLostError` if not.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg.rows import class_row
 
-from ..errors import StoreUnavailableError, WorkflowBusyError
+from ..errors import RecordsLostError, StoreUnavailableError, WorkflowBusyError
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
 
 if TYPE_CHECKING:
@@ -30,8 +35,16 @@ T = TypeVar("T")
 class Lease:
     """Exclusive right to run one workflow, for as long as this object is open."""
 
-    def __init__(self, store: Store, workflow_id: str, share: Lease | None = None) -> None:
+    def __init__(self, store: Store, workflow_id: str, share: Lease | None = None,
+                 durability: str = "full") -> None:  # fmt: skip
         self.store = store
+        self.durability = durability
+        #: Step records commit without waiting for their log flush (``kernel`` durability).
+        self.asynchronous = durability == "kernel"
+        #: Positions recorded asynchronously that no synchronous commit has flushed yet, and
+        #: whether the workflow's own row (created by `begin`) is among the unflushed.
+        self.unflushed: list[int] = []
+        self.unflushed_row = False
         self.workflow_id = workflow_id
         self.key = store.lock_key(workflow_id)
         shared = share.conn if share is not None else None
@@ -76,7 +89,7 @@ class Lease:
             "parent_position": new.parent_position,
             "forked_from": new.forked_from,
             "inputs_blob": new.inputs_blob,
-            "commit_mode": self.store.status_commit_mode,
+            "commit_mode": "off" if self.asynchronous else self.store.status_commit_mode,
             "started": time.time(),
         }
         deadline = None if wait is None else time.monotonic() + wait
@@ -89,6 +102,8 @@ class Lease:
             got, created, _ = row
             if got:
                 self.locked = True
+                if created is not None and params["commit_mode"] == "off":
+                    self.unflushed_row = True
                 return True, created
             if deadline is None or time.monotonic() >= deadline:
                 return False, None
@@ -123,9 +138,18 @@ class Lease:
 
     def _record_step(self, rec: StepRecord) -> StepRecord:
         conn = self._c
-        if self.store.insert_step_in(conn, rec, self._cursor):
+        if self.store.insert_step_in(conn, rec, self._cursor, self.asynchronous):
+            self.wrote(rec.position, self.asynchronous)
             return rec
         return self.store.get_step(self.workflow_id, rec.position, conn=conn) or rec
+
+    def wrote(self, position: int, asynchronous: bool) -> None:
+        """Note that the record at *position* committed (on any connection)."""
+        if asynchronous:
+            self.unflushed.append(position)
+        else:  # its log flush also flushed every commit before it
+            self.unflushed.clear()
+            self.unflushed_row = False
 
     def _retrying(self, op: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.store.retry_seconds
@@ -149,12 +173,29 @@ class Lease:
             self.store._discard(old)
         conn = self.store.wait_for_connection(deadline)
         self.owns_conn = True
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
+        s = self.q.s
+        row = conn.execute(
+            f"SELECT pg_try_advisory_lock(%s), EXISTS (SELECT 1 FROM {s}.workflows WHERE id = %s), "
+            f"(SELECT count(*) FROM {s}.steps WHERE workflow_id = %s AND position = ANY(%s))",
+            [self.key, self.workflow_id, self.workflow_id, self.unflushed],
+        ).fetchone()
         if not row or not row[0]:  # another executor took the workflow over meanwhile
             self.store._putconn(conn)
             self.locked = False
             raise WorkflowBusyError(self.workflow_id)
         self.conn, self.locked = conn, True
+        lost = [] if row[2] == len(self.unflushed) else self._lost_positions()
+        if (self.unflushed_row and not row[1]) or lost:
+            raise RecordsLostError(self.workflow_id, lost, row_lost=self.unflushed_row and not row[1])
+
+    def _lost_positions(self) -> list[int]:
+        """Which of the unflushed positions have no record any more."""
+        found = self._c.execute(
+            f"SELECT position FROM {self.q.s}.steps WHERE workflow_id = %s AND position = ANY(%s)",
+            [self.workflow_id, self.unflushed],
+        ).fetchall()
+        kept = {r[0] for r in found}
+        return [p for p in self.unflushed if p not in kept]
 
     def _run(self, sql: str, params: Any) -> None:
         def op() -> None:
@@ -224,6 +265,7 @@ class Lease:
 
         blocked = self._retrying(op)
         self.locked = False  # the finish let go of the session lock
+        self.wrote(-1, False)  # it committed synchronously
         return blocked
 
     def close(self) -> None:
