@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +78,26 @@ def sql(dsn: str):
     """An autocommit connection for checks and set-up."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
+
+
+class Counter:
+    """Calls counted in this process, by name (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.n: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, key: str) -> None:
+        with self.lock:
+            self.n[key] = self.n.get(key, 0) + 1
+
+    def __getitem__(self, key: str) -> int:
+        return self.n.get(key, 0)
+
+
+@pytest.fixture
+def calls() -> Counter:
+    return Counter()
 
 
 class Effects:

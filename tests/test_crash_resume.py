@@ -162,7 +162,7 @@ def fails():
         raise LedgerError("acme", 12)
     raise Unpicklable("opaque failure")
 
-@dnb.workflow
+@dnb.workflow(on_failure="replay")  # a failure's record is what a call gets
 def wf(mode):
     hit("body")
     try:

@@ -16,24 +16,6 @@ class Crash(BaseException):
     """Stands in for a dying kernel: never recorded, leaves the workflow resumable."""
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.n: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, key: str) -> None:
-        with self.lock:
-            self.n[key] = self.n.get(key, 0) + 1
-
-    def __getitem__(self, key: str) -> int:
-        return self.n.get(key, 0)
-
-
-@pytest.fixture
-def calls() -> Counter:
-    return Counter()
-
-
 def test_step_outside_a_workflow_is_a_plain_call(schema, calls):
     @dnb.step
     def double(x):
@@ -185,7 +167,7 @@ def test_map_item_failure_is_raised_after_the_others_finish(schema, calls):
             raise ValueError(f"item {x} is bad")
         return x
 
-    @dnb.workflow
+    @dnb.workflow(on_failure="replay")
     def wf():
         return dnb.map(check, range(6), workers=2)
 

@@ -203,7 +203,7 @@ def test_cancelled_and_failed_workflows_show_their_end(schema, shown):
     def bad():
         raise KeyError("k")
 
-    @dnb.workflow
+    @dnb.workflow(on_failure="replay")
     def wf():
         return bad()
 

@@ -228,7 +228,7 @@ def test_code_hash_falls_back_to_the_cell_source(shell):
 def test_replayed_error_traceback_ends_at_a_label(shell, capsys):
     shell.run(DEFS)
     shell.run("@dnb.step\ndef bad():\n    raise ValueError('bad row')\n"
-              "@dnb.workflow\ndef fails():\n    return bad()\n")  # fmt: skip
+              "@dnb.workflow(on_failure='replay')\ndef fails():\n    return bad()\n")  # fmt: skip
     for _ in range(2):
         with pytest.raises(ValueError, match="bad row"):
             shell.run("fails()")

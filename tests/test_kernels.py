@@ -246,3 +246,48 @@ def test_kernels_import_this_checkout(kernels):
     out = kernels().run("import durablenb; print(durablenb.__file__)")
     _no_traceback(out)
     assert out["stdout"].strip() == dnb.__file__
+
+
+RETRY = r"""
+%load_ext durablenb
+import os
+from pathlib import Path
+import durablenb as dnb
+EFFECTS = Path(os.environ["EFFECTS_DIR"])
+
+def hit(name):
+    with open(EFFECTS / f"{name}.log", "a") as f:
+        f.write("x\n"); f.flush(); os.fsync(f.fileno())
+
+@dnb.step
+def prepare():
+    hit("prepare")
+    return str(EFFECTS / "flights.csv")
+
+@dnb.step
+def load(path):
+    hit("load")
+    return open(path).read().strip().split(",")
+
+@dnb.workflow
+def analysis():
+    return len(load(prepare()))
+"""
+
+
+def test_a_failed_workflow_is_retried_after_the_fix_in_a_new_kernel(kernels, effects):
+    k1 = kernels()
+    _no_traceback(k1.run(RETRY))
+    out = k1.run("analysis()")
+    assert out["errors"] and out["errors"][0]["ename"] == "FileNotFoundError"
+    k1.close()  # restart the kernel, then fix the cause
+
+    (effects.root / "flights.csv").write_text("JFK,LGA,EWR")
+    k2 = kernels()
+    _no_traceback(k2.run(RETRY))
+    out = k2.run("print('airports', analysis())")
+    assert out["errors"] == [], out["errors"]
+    assert "airports 3" in out["stdout"]
+    shown = out["stdout"] + out["stderr"]
+    assert "retrying from step 'load' (it failed with FileNotFoundError)" in shown, shown
+    assert (effects.count("prepare"), effects.count("load")) == (1, 2)

@@ -66,7 +66,7 @@ def test_tampered_recorded_exceptions_are_not_unpickled(schema, secret, sql):
     def bad():
         raise KeyError("missing")
 
-    @dnb.workflow
+    @dnb.workflow(on_failure="replay")
     def wf():
         return bad()
 

@@ -51,6 +51,7 @@ def workflow(func: F) -> Workflow: ...
 def workflow(
     func: None = None, *, name: str | None = None, on_change: str = "fork",
     on_busy: str = "error", wait_timeout: float = 3600.0, durability: str | None = None,
+    on_failure: str = "retry",
 ) -> Callable[[F], Workflow]: ...  # fmt: skip
 def workflow(
     func: Callable[..., Any] | None = None,
@@ -60,6 +61,7 @@ def workflow(
     on_busy: str = "error",
     wait_timeout: float = 3600.0,
     durability: str | None = None,
+    on_failure: str = "retry",
 ) -> Any:
     """Make *func* a durable workflow: ``@workflow`` or ``@workflow(name=..., ...)``.
 
@@ -70,13 +72,18 @@ def workflow(
     or ``"kernel"`` (records survive any death of the Python process; a database crash can
     lose the last fraction of a second of them); default: the calling workflow's, else the
     connection's.
+    *on_failure*: calling a workflow that finished with an error ``"retry"``s it from its
+    first failed step (earlier steps replay; the failed run is kept as ``ID~N``), or
+    ``"replay"``s the recorded error. A resumed *interrupted* run always replays recorded
+    errors, so a workflow that caught one stays deterministic.
     """
     if func is None:
         return functools.partial(workflow, name=name, on_change=on_change, on_busy=on_busy,
-                                 wait_timeout=wait_timeout, durability=durability)  # fmt: skip
+                                 wait_timeout=wait_timeout, durability=durability,
+                                 on_failure=on_failure)  # fmt: skip
     _live_timelines()
     return Workflow(func, name=name, on_change=on_change, on_busy=on_busy,
-                    wait_timeout=wait_timeout, durability=durability)  # fmt: skip
+                    wait_timeout=wait_timeout, durability=durability, on_failure=on_failure)  # fmt: skip
 
 
 def _live_timelines() -> None:

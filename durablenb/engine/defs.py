@@ -152,6 +152,9 @@ class Workflow(_Durable):
     workflow; ``"wait"`` waits up to *wait_timeout* seconds for it.
     *durability*: ``"full"`` or ``"kernel"``; None takes the calling workflow's, else the
     connection's (`durablenb.settings.Settings.durability`).
+    *on_failure*: what calling it again does once it finished with an error — ``"retry"``
+    (run again from its first failed step, the failed run kept as an archive) or
+    ``"replay"`` (raise the recorded error).
     """
 
     kind = "workflow"
@@ -165,9 +168,13 @@ class Workflow(_Durable):
         on_busy: str = "error",
         wait_timeout: float = 3600.0,
         durability: str | None = None,
+        on_failure: str = "retry",
     ) -> None:
         super().__init__(fn, name)
         self.durability = check_durability(durability)
+        if on_failure not in ("retry", "replay"):
+            raise ValueError(f"on_failure must be 'retry' or 'replay', not {on_failure!r}")
+        self.on_failure = on_failure
         if on_change not in ("fork", "error", "ignore"):
             raise ValueError("on_change must be 'fork', 'error' or 'ignore'")
         if on_busy not in ("error", "wait"):

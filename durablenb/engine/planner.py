@@ -8,6 +8,9 @@ no I/O, no clock. The engine follows `plan` and `at_position`; ``%durable diff``
 - Finished, nothing changed: return the recorded outcome (``outcome``).
 - Finished, code changed: run it again (``rerun``), the old run archived, replaying steps
   before the first change.
+- Finished with an error, called again (and allowed to retry): run it again from its first
+  failed step (``rerun``), replaying the steps before it. Only a call of its own does this;
+  a workflow replayed inside a resuming parent replays its recorded error.
 - Running but nobody holds it (interrupted): resume (``resume``), replaying every record;
   with a step changed since, from that step on it runs anew.
 - A changed step's position is known up front (``fork_at``); a changed workflow body is only
@@ -41,6 +44,8 @@ class Definitions:
     workflow_code: str | None
     on_change: str
     step_code: Callable[[str], str | None]
+    #: A workflow recorded as failed runs again from its first failed step.
+    retry_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,24 @@ def first_change(records: Mapping[int, StepRecord], defs: Definitions) -> tuple[
     return None
 
 
+def first_failure(records: Mapping[int, StepRecord]) -> tuple[int, str] | None:
+    """The first position whose record is a failure, with what to say about retrying it."""
+    for pos in sorted(records):
+        rec = records[pos]
+        if rec.status == "failed":
+            return pos, f"retrying from step {rec.name!r} (it failed with {short_type(rec.error_type)})"
+    return None
+
+
+def _unencodable(rec: StepRecord) -> bool:
+    return (rec.error_type or "").endswith("UnserializableOutputError")
+
+
+def short_type(type_name: str | None) -> str:
+    """``FileNotFoundError`` for ``builtins.FileNotFoundError``."""
+    return (type_name or "an error").rsplit(".", 1)[-1]
+
+
 def plan(row: WorkflowRow | None, records: Mapping[int, StepRecord], defs: Definitions) -> Plan:
     """What a call of the workflow recorded as *row* (with *records*) does now.
 
@@ -104,6 +127,17 @@ def plan(row: WorkflowRow | None, records: Mapping[int, StepRecord], defs: Defin
         body = False
         change = change if refresh else None
     fork_at, why = change if change is not None else (None, None)
+    failed = first_failure(records) if row.status == "failed" and defs.retry_failed else None
+    if failed is not None and fork_at is None and not body and _unencodable(records[failed[0]]):
+        # The step ran and returned a value that cannot be recorded: running it again
+        # unchanged would repeat its effects to fail the same way. A code change forks.
+        return Plan("outcome", on_change=defs.on_change)
+    if row.status == "failed" and defs.retry_failed:
+        if failed is not None and (fork_at is None or failed[0] <= fork_at):
+            fork_at, why = failed
+        elif fork_at is None:  # the body failed outside any step: every step replays
+            why = f"retrying (the workflow failed with {short_type(row.error_type)})"
+        return Plan("rerun", fork_at, why, body, defs.on_change)
     if row.status in ("succeeded", "failed"):
         if not body and change is None:
             return Plan("outcome", on_change=defs.on_change)

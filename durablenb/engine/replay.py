@@ -170,14 +170,16 @@ def _lease(store: Store, spec: Workflow, wid: str, parent: WorkflowRun | None,
                        durability=spec.durability or durability)  # fmt: skip
 
 
-def definitions(spec: Workflow) -> planner.Definitions:
-    """What this process defines for *spec* and its steps, for the planner."""
+def definitions(spec: Workflow, own_call: bool = True) -> planner.Definitions:
+    """What this process defines for *spec* and its steps, for the planner. *own_call*: the
+    workflow is called by itself, not replayed by a parent (only then may a failure retry)."""
 
     def step_code(name: str) -> str | None:
         current = runtime.registered_step(name)
         return current.code_hash if current is not None else None
 
-    return planner.Definitions(spec.code_hash, spec.on_change, step_code)
+    return planner.Definitions(spec.code_hash, spec.on_change, step_code,
+                               retry_failed=own_call and spec.on_failure == "retry")  # fmt: skip
 
 
 def _open(
@@ -205,7 +207,7 @@ def _open(
     else:
         row, records = lease.load()
         _check_identity(row, spec, wid, digest)
-        plan = planner.plan(row, records, definitions(spec))
+        plan = planner.plan(row, records, definitions(spec, own_call=parent_id is None))
         if plan.action == "outcome":
             return row
         run = WorkflowRun(wid, spec.name, store, lease, records, plan, row.lineage, parent_id, parent,

@@ -147,7 +147,7 @@ def diff_frame(wid: str) -> pd.DataFrame:
     store = runtime.store()
     records = store.get_steps(wid)
     wf = runtime.registered(row.name)
-    defs = replay.definitions(wf) if wf is not None else planner.Definitions(
+    defs = replay.definitions(wf, own_call=row.parent_id is None) if wf is not None else planner.Definitions(
         None, "fork", lambda name: getattr(runtime.registered_step(name), "code_hash", None))
     try:
         plan = planner.plan(row, records, defs)

@@ -1,0 +1,161 @@
+"""Retry after a fix: calling a workflow that finished with an error runs it again from its
+first failed step; `on_failure="replay"` keeps the recorded error; a resumed interrupted run
+always replays recorded errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import durablenb as dnb
+from durablenb.engine import runtime
+
+
+def test_a_fixed_cause_is_retried_from_the_failed_step(schema, calls, tmp_path, caplog):
+    source = tmp_path / "flights.csv"
+
+    @dnb.step
+    def prepare():
+        calls("prepare")
+        return str(source)
+
+    @dnb.step
+    def load(path):
+        calls("load")
+        return open(path).read().strip()
+
+    @dnb.workflow
+    def analysis():
+        return load(prepare()).upper()
+
+    with pytest.raises(FileNotFoundError):
+        analysis()
+    source.write_text("jfk,lga\n")  # the fix: the file now exists
+    with caplog.at_level(logging.WARNING, logger="durablenb"):
+        assert analysis() == "JFK,LGA"
+    assert (calls["prepare"], calls["load"]) == (1, 2)  # the earlier step replayed
+    assert f"retrying from step {load.name!r} (it failed with FileNotFoundError)" in caplog.text
+    wid = analysis.id_for()
+    store = runtime.store()
+    assert store.get_workflow(wid).status == "succeeded"
+    assert store.get_workflow(f"{wid}~1").status == "superseded"  # the failed run, kept
+    assert analysis() == "JFK,LGA" and calls["load"] == 2  # finished now: replayed
+
+
+def test_on_failure_replay_keeps_the_recorded_error(schema, calls, tmp_path):
+    @dnb.step
+    def load():
+        calls("load")
+        return (tmp_path / "missing.csv").read_text()
+
+    @dnb.workflow(on_failure="replay")
+    def analysis():
+        return load()
+
+    for _ in range(2):
+        with pytest.raises(FileNotFoundError):
+            analysis()
+    assert calls["load"] == 1
+    with pytest.raises(ValueError, match="on_failure must be 'retry' or 'replay'"):
+        dnb.workflow(on_failure="again")(lambda: None)
+
+
+def test_a_body_that_failed_outside_any_step_runs_again_its_steps_replayed(schema, calls):
+    state = {"ok": False}
+
+    @dnb.step
+    def fetch():
+        calls("fetch")
+        return 41
+
+    @dnb.workflow
+    def analysis():
+        value = fetch()
+        if not state["ok"]:
+            raise RuntimeError("the body's own bug")
+        return value + 1
+
+    with pytest.raises(RuntimeError):
+        analysis()
+    state["ok"] = True
+    assert analysis() == 42
+    assert calls["fetch"] == 1
+
+
+def test_an_unrecordable_output_is_not_retried_without_a_code_change(schema, calls):
+    import threading
+
+    @dnb.step
+    def opens_lock():
+        calls("opens")
+        return threading.Lock()
+
+    @dnb.workflow
+    def wf():
+        return opens_lock()
+
+    for _ in range(2):
+        with pytest.raises(dnb.UnserializableOutputError):
+            wf()
+    assert calls["opens"] == 1  # running it again unchanged would only repeat its effects
+
+
+def test_a_failed_child_replays_inside_its_resumed_parent(run_child, effects):
+    """The parent caught its child's failure and was killed before it finished: resuming it
+    must replay the failure (the parent may have acted on it), not retry the child."""
+    body = """
+    @dnb.step
+    def flaky():
+        hit("flaky")
+        raise KeyError("missing column")
+
+    @dnb.workflow
+    def child():
+        return flaky()
+
+    @dnb.step
+    def after(note):
+        hit("after")
+        return note
+
+    @dnb.workflow
+    def parent():
+        try:
+            child()
+            note = "child ok"
+        except KeyError:
+            note = "child failed"
+        crash_once("parent")
+        return after(note)
+
+    print(json.dumps(parent()))
+    """
+    first = run_child(body)
+    assert first.returncode == 137
+    second = run_child(body)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == "child failed"
+    assert effects.count("flaky") == 1
+
+
+def test_a_failed_cell_runs_again_once_fixed(shell, tmp_path):
+    path = tmp_path / "rates.csv"
+    cell = f"%%durable --id rates\nrates = open({str(path)!r}).read().split(',')\n"
+    with pytest.raises(FileNotFoundError):
+        shell.run(cell)
+    path.write_text("1,2,3")
+    shell.run(cell)
+    assert shell.ip.user_ns["rates"] == ["1", "2", "3"]
+    assert runtime.store().get_workflow("rates").status == "succeeded"
+
+
+@pytest.fixture
+def shell(schema):
+    from .test_ipython import Shell
+
+    sh = Shell()
+    sh.run("%load_ext durablenb")
+    yield sh
+    sh.run("%unload_ext durablenb")
