@@ -63,6 +63,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/step_overhead.py
 	$(PY) bench/load_ext.py
 	$(PY) bench/large_outputs.py
+	$(PY) bench/digest.py
 
 clean:
 	rm -rf $(VENV) .durablenb-demo build *.egg-info

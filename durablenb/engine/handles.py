@@ -20,7 +20,7 @@ from .checkpoint import Call, Done, open_slot
 from .context import _explicit_id, current
 from .defs import Workflow
 from .identity import args_digest, check_id
-from .replay import _top_level, encode_inputs, execute, execute_async, recorded_outcome
+from .replay import _top_level, encode_inputs, execute, execute_async, inputs_for, recorded_outcome
 
 _pool_lock = threading.Lock()
 _pool: cf.ThreadPoolExecutor | None = None
@@ -161,7 +161,7 @@ def start(wf: Workflow, *args: Any, **kwargs: Any) -> WorkflowHandle:
     slot = open_slot(parent, Call("start", wf.name, wf.code_hash))
     if slot.recorded is not None:
         wid = slot.replay()
-        inputs = encode_inputs(parent.store, wf, wid, args, kwargs)
+        inputs = inputs_for(parent.store, wf, wid, args, kwargs)
     else:
         wid = check_id(explicit) if explicit else f"{parent.id}/{slot.position}"
         try:

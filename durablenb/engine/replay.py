@@ -35,6 +35,9 @@ logger = logging.getLogger("durablenb")
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
+#: A new workflow's inputs: encoded, or to encode once its run is known to be new.
+Inputs = values.Stored | values.Deferred
+_NO_INPUTS = values.Stored(None, None, None, 0)  # type: ignore[arg-type]
 
 
 # -- calls ------------------------------------------------------------------------------------
@@ -50,16 +53,24 @@ def encode_inputs(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kw
         ) from None
 
 
-def _top_level(spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[Store, str, str | None, values.Stored]:
+def inputs_for(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs) -> Inputs:
+    """The inputs of *wid*, encoded now when they are small; large ones (a blob to write)
+    are encoded only once a new run is known to need them."""
+    if values.estimated_size(args, kwargs) < store.settings.blob_threshold:
+        return encode_inputs(store, spec, wid, args, kwargs)
+    return values.Deferred(lambda: encode_inputs(store, spec, wid, args, kwargs))
+
+
+def _top_level(spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[Store, str, str | None, Inputs]:
     """Store, id, digest and inputs of a call made outside any workflow."""
     explicit = _explicit_id.get()
     store = runtime.store()
     digest = args_digest(spec.name, args, kwargs, required=explicit is None)
     wid = check_id(explicit) if explicit else default_workflow_id(spec.name, digest)
-    return store, wid, digest, encode_inputs(store, spec, wid, args, kwargs)
+    return store, wid, digest, inputs_for(store, spec, wid, args, kwargs)
 
 
-def _child(slot: Slot, spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[str, str | None, values.Stored]:
+def _child(slot: Slot, spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[str, str | None, Inputs]:
     """Id, digest and inputs of a workflow called inline at *slot* of its parent."""
     parent = slot.run
     explicit = _explicit_id.get()
@@ -67,7 +78,7 @@ def _child(slot: Slot, spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[str,
     if wid in parent.ancestors():
         raise WorkflowBusyError(wid, "this very call stack (a workflow calling itself by id)")
     digest = args_digest(spec.name, args, kwargs, required=False)
-    return wid, digest, encode_inputs(parent.store, spec, wid, args, kwargs)
+    return wid, digest, inputs_for(parent.store, spec, wid, args, kwargs)
 
 
 def call_workflow(spec: Workflow, args: Args, kwargs: Kwargs) -> Any:
@@ -124,7 +135,7 @@ async def call_workflow_async(spec: Workflow, args: Args, kwargs: Kwargs) -> Any
 
 def execute(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
-    inputs: values.Stored, parent: WorkflowRun | None = None, position: int | None = None,
+    inputs: Inputs, parent: WorkflowRun | None = None, position: int | None = None,
     parent_id: str | None = None, durability: str | None = None,
 ) -> Any:  # fmt: skip
     """Own *wid*, then run or resume it; returns its output (or its recorded outcome).
@@ -144,7 +155,7 @@ def execute(
 
 async def execute_async(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
-    inputs: values.Stored, parent: WorkflowRun | None = None, position: int | None = None,
+    inputs: Inputs, parent: WorkflowRun | None = None, position: int | None = None,
     parent_id: str | None = None, durability: str | None = None,
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
@@ -183,15 +194,17 @@ def definitions(spec: Workflow, own_call: bool = True) -> planner.Definitions:
 
 
 def _open(
-    store: Store, spec: Workflow, lease: Lease, wid: str, digest: str | None, inputs: values.Stored,
+    store: Store, spec: Workflow, lease: Lease, wid: str, digest: str | None, inputs: Inputs,
     parent: WorkflowRun | None, position: int | None, parent_id: str | None,
 ) -> WorkflowRun | WorkflowRow:  # fmt: skip
     """Lock and plan *wid*: a run to execute, or the row whose recorded outcome to return."""
     parent_id = parent.id if parent is not None else parent_id
-    new = NewWorkflow(id=wid, name=spec.name, args_digest=digest, inputs=inputs.data,
-                      inputs_codec=inputs.codec, inputs_checksum=inputs.checksum,
+    deferred = inputs if isinstance(inputs, values.Deferred) else None
+    now = _NO_INPUTS if isinstance(inputs, values.Deferred) else inputs
+    new = NewWorkflow(id=wid, name=spec.name, args_digest=digest, inputs=now.data,
+                      inputs_codec=now.codec, inputs_checksum=now.checksum,
                       code_hash=spec.code_hash, executor=runtime.executor_id(), parent_id=parent_id,
-                      parent_position=position, inputs_blob=inputs.blob)  # fmt: skip
+                      parent_position=position, inputs_blob=now.blob)  # fmt: skip
     locked, created = lease.begin(new, wait=spec.wait_timeout if spec.on_busy == "wait" else None)
     if not locked:
         row = store.get_workflow(wid)
@@ -201,12 +214,20 @@ def _open(
     store.clear_cancelled(wid)  # a cancel heard before now is settled in the row read below
     threads = parent.threads_before if parent is not None else snapshot_threads()
     if created:
+        if deferred is not None:
+            try:
+                _record_inputs(lease, deferred)
+            except UnserializableArgumentsError:
+                lease.unbegin()  # nothing ran: leave no record behind, as for small inputs
+                raise
         plan = planner.Plan("run", on_change=spec.on_change)
         run = WorkflowRun(wid, spec.name, store, lease, {}, plan, wid, parent_id, parent,
                           threads_before=threads)  # fmt: skip
     else:
         row, records = lease.load()
         _check_identity(row, spec, wid, digest)
+        if deferred is not None and row.inputs_codec is None:  # the run that began it died first
+            _record_inputs(lease, deferred)
         plan = planner.plan(row, records, definitions(spec, own_call=parent_id is None))
         if plan.action == "outcome":
             return row
@@ -216,6 +237,11 @@ def _open(
     if _faults.ACTIVE:
         _faults.point("workflow.begun")
     return run
+
+
+def _record_inputs(lease: Lease, deferred: values.Deferred) -> None:
+    stored = deferred.encode()
+    lease.set_inputs(stored.data, stored.codec, stored.checksum, stored.blob)
 
 
 def _check_identity(row: WorkflowRow, spec: Workflow, wid: str, digest: str | None) -> None:

@@ -6,6 +6,7 @@ Every value is recorded at a *place* — ``(lineage, position)`` of a step, or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,26 @@ class Stored:
     checksum: int | None
     size: int
     blob: str | None = None
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Inputs too large to encode before it is known that a new run needs them: *encode*
+    produces their `Stored` form (a blob written) only then."""
+
+    encode: Callable[[], Stored]
+
+
+def estimated_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """A cheap lower bound of the encoded size of *args* and *kwargs* (their frames, arrays,
+    strings and bytes at the top level)."""
+    total = 0
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (bytes, bytearray, str)):
+            total += len(value)
+        else:
+            total += codecs.estimate_size(value) or 0
+    return total
 
 
 def seal(store: Store, place: Place) -> Seal | None:

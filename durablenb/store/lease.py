@@ -212,6 +212,18 @@ class Lease:
             [executor, time.time(), self.workflow_id],
         )
 
+    def unbegin(self) -> None:
+        """Remove the row `begin` just created (nothing was recorded under it)."""
+        self._run(f"DELETE FROM {self.q.s}.workflows WHERE id = %s", [self.workflow_id])
+
+    def set_inputs(self, data: bytes | None, codec: str, checksum: int | None, blob: str | None) -> None:
+        """Record the inputs of a workflow `begin` created without them."""
+        self._run(
+            f"UPDATE {self.q.s}.workflows SET inputs = %s, inputs_codec = %s, inputs_checksum = %s, "
+            "inputs_blob = %s WHERE id = %s",
+            [data, codec, checksum, blob, self.workflow_id],
+        )
+
     def restart(self, executor: str, code_hash: str | None, forked_from: str | None) -> None:
         """Reopen a finished workflow for a new run (its old run archived as *forked_from*)."""
         self._run(
