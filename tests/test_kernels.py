@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import time
 
@@ -169,6 +170,7 @@ n_rows = len(frame)
 CELL_SETUP = r"""
 %load_ext durablenb
 import os
+import re
 from pathlib import Path
 import pandas as pd
 import durablenb as dnb
@@ -251,6 +253,7 @@ def test_kernels_import_this_checkout(kernels):
 RETRY = r"""
 %load_ext durablenb
 import os
+import re
 from pathlib import Path
 import durablenb as dnb
 EFFECTS = Path(os.environ["EFFECTS_DIR"])
@@ -291,3 +294,22 @@ def test_a_failed_workflow_is_retried_after_the_fix_in_a_new_kernel(kernels, eff
     shown = out["stdout"] + out["stderr"]
     assert "retrying from step 'load' (it failed with FileNotFoundError)" in shown, shown
     assert (effects.count("prepare"), effects.count("load")) == (1, 2)
+
+
+def test_a_replayed_error_shows_the_line_that_failed_in_a_new_kernel(kernels, effects):
+    cell = RETRY.replace("@dnb.workflow\n", "@dnb.workflow(on_failure='replay')\n")
+    k1 = kernels()
+    _no_traceback(k1.run(cell))
+    assert k1.run("analysis()")["errors"]
+    k1.close()
+
+    k2 = kernels()
+    _no_traceback(k2.run(cell))
+    out = k2.run("analysis()")
+    assert effects.count("load") == 1  # replayed, not run
+    (error,) = out["errors"]
+    assert error["ename"] == "FileNotFoundError"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))
+    assert "re-raised from the record of workflow" in text and "When it ran:" in text, text
+    assert "return open(path).read().strip().split(\",\")" in text, text  # the original line
+    assert "durablenb/engine" not in text, text

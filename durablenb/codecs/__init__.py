@@ -270,13 +270,17 @@ def _dumpers() -> list[Any]:
     return out
 
 
-def encode_exception(exc: BaseException, seal: Seal | None = None) -> EncodedError:
+def encode_exception(
+    exc: BaseException, seal: Seal | None = None, tb_text: str | None = None
+) -> EncodedError:
     """Record *exc*: pickled if it can be rebuilt from the bytes, always with type and text.
 
     Exceptions whose ``__init__`` does not take their ``args`` back (a common pattern) are
     rebuilt from their class, ``args`` and attributes without calling ``__init__``.
+    *tb_text*: the traceback to record (default: *exc*'s, formatted).
     """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = tb_text if tb_text is not None else "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__))
     data = _try_pickle(exc)
     if data is None:
         try:

@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..store import StepRecord, Store
 from . import planner, values
+from ._tracebacks import user_text
 from .context import WorkflowRun, check_thread, note_finished, note_running
 
 logger = logging.getLogger("durablenb")
@@ -260,7 +261,8 @@ def replay_record(store: Store, lineage: str, workflow_id: str, rec: StepRecord)
                               f"error of step {rec.name!r} (position {rec.position}) of workflow "
                               f"{workflow_id!r}")  # fmt: skip
     add_note(exc, f"durablenb: re-raised from the record of step {rec.name!r} (position "
-                  f"{rec.position}) of workflow {workflow_id!r}; the step did not run again")  # fmt: skip
+                  f"{rec.position}) of workflow {workflow_id!r}; the step did not run again"
+                  + when_it_ran(rec.error_traceback))  # fmt: skip
     raise_recorded(exc, f"recorded error of step {rec.name!r}")
 
 
@@ -271,6 +273,14 @@ def raise_recorded(exc: BaseException, label: str) -> None:
     filename = f"<durablenb: {label}>"
     linecache.cache[filename] = (len(source), None, [source], filename)
     exec(compile(source, filename, "exec"), {"recorded_error": exc.with_traceback(None)})
+
+
+def when_it_ran(traceback_text: str | None) -> str:
+    """The recorded traceback, to show under a replayed error."""
+    if not traceback_text:
+        return ""
+    body = user_text(traceback_text.rstrip("\n"))
+    return ". When it ran:\n" + "\n".join("    " + line for line in body.splitlines())
 
 
 def add_note(exc: BaseException, text: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import DurableUsageError
 from ..settings import check_durability
+from ._tracebacks import awaited, hide_engine
 from .hashing import code_hash, function_name
 from .identity import check_name
 
@@ -118,8 +119,11 @@ class Step(_Durable):
         from .kinds import call_step, call_step_async
 
         if self.is_async:
-            return call_step_async(self, args, kwargs)
-        return call_step(self, args, kwargs)
+            return awaited(call_step_async(self, args, kwargs))
+        try:
+            return call_step(self, args, kwargs)
+        except BaseException as exc:
+            raise hide_engine(exc)  # noqa: B904  (the same exception, its own frames only)
 
 
 class Transaction(Step):
@@ -140,7 +144,10 @@ class Transaction(Step):
         __tracebackhide__ = True
         from .kinds import call_transaction
 
-        return call_transaction(self, args, kwargs)
+        try:
+            return call_transaction(self, args, kwargs)
+        except BaseException as exc:
+            raise hide_engine(exc)  # noqa: B904
 
 
 class Workflow(_Durable):
@@ -191,8 +198,11 @@ class Workflow(_Durable):
         from .replay import call_workflow, call_workflow_async
 
         if self.is_async:
-            return call_workflow_async(self, args, kwargs)
-        return call_workflow(self, args, kwargs)
+            return awaited(call_workflow_async(self, args, kwargs))
+        try:
+            return call_workflow(self, args, kwargs)
+        except BaseException as exc:
+            raise hide_engine(exc)  # noqa: B904
 
     # verbs on the decorated object
     def start(self, *args: Any, **kwargs: Any) -> Any:

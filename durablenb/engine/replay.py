@@ -25,7 +25,17 @@ from ..errors import (
 )
 from ..store import Lease, NewWorkflow, Outcome, Store, WorkflowRow
 from . import events, planner, runtime, values
-from .checkpoint import NOT_RECORDED, Call, Done, Slot, add_note, checkpoint, checkpoint_async, fork_run
+from .checkpoint import (
+    NOT_RECORDED,
+    Call,
+    Done,
+    Slot,
+    add_note,
+    checkpoint,
+    checkpoint_async,
+    fork_run,
+    when_it_ran,
+)
 from .checkpoint import raise_recorded as raise_recorded
 from .context import WorkflowRun, _current, _explicit_id, enclosing, in_step, snapshot_threads
 from .defs import Workflow
@@ -48,9 +58,22 @@ def encode_inputs(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kw
     try:
         return values.encode_value(store, (tuple(args), dict(kwargs)), (wid, "inputs"), wid)
     except codecs.EncodingError as exc:
+        where, cause = _culprit(args, kwargs, exc)
         raise UnserializableArgumentsError(
-            f"the arguments of workflow {spec.name!r} cannot be recorded: {exc}"
+            f"{where} of workflow {spec.name!r} cannot be recorded: {cause}"
         ) from None
+
+
+def _culprit(args: Args, kwargs: Kwargs, exc: Exception) -> tuple[str, Exception]:
+    """Which argument could not be encoded (``arguments[1]``, ``path=``), and why."""
+    named = [(f"arguments[{i}]", a) for i, a in enumerate(args)]
+    named += [(f"{k}=", v) for k, v in kwargs.items()]
+    for label, value in named:
+        try:
+            codecs.encode(value)
+        except codecs.EncodingError as err:
+            return f"argument {label} ({type(value).__module__}.{type(value).__qualname__})", err
+    return "the arguments", exc
 
 
 def inputs_for(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs) -> Inputs:
@@ -387,5 +410,5 @@ def recorded_outcome(row: WorkflowRow, store: Store) -> Any:
     exc = values.decode_error(store, row.error, row.error_type, row.error_message, row.error_traceback,
                               place, f"error of workflow {row.id!r}")  # fmt: skip
     add_note(exc, f"durablenb: re-raised from the record of workflow {row.id!r}, which finished "
-                  "with this error; nothing ran again")  # fmt: skip
+                  "with this error; nothing ran again" + when_it_ran(row.error_traceback))  # fmt: skip
     raise_recorded(exc, f"recorded error of workflow {row.name!r}")

@@ -6,6 +6,7 @@ Every value is recorded at a *place* — ``(lineage, position)`` of a step, or
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from .. import codecs
 from ..codecs import Seal
 from ..codecs._signing import binding
 from ..store import Store
+from ._tracebacks import user_traceback
 
 Place = tuple[object, ...]
 
@@ -110,8 +112,10 @@ def decode_value(
 
 
 def encode_error(store: Store, exc: BaseException, place: Place) -> codecs.EncodedError:
-    """Record *exc* at *place*."""
-    return codecs.encode_exception(exc, seal(store, place))
+    """Record *exc* at *place*, with its traceback as the user's code saw it."""
+    tb = user_traceback(exc.__traceback__, exc)
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return codecs.encode_exception(exc, seal(store, place), text)
 
 
 def decode_error(
