@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -184,6 +185,7 @@ def main() -> int:
             json.dump({"backend": backend, "rounds": res, "medians": med, "ratios": ratio}, f, indent=2)
     if home is not None and not os.environ.get("DURABLENB_HOME"):
         server.stop(pathlib.Path(home))
+        shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

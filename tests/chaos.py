@@ -401,6 +401,9 @@ def main() -> int:
             from durablenb import server
 
             server.stop(home)
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
     return 1 if summary["violations"] else 0
 
 

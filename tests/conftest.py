@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     runtime.disconnect()
     if _HOME is not None:
         server.stop(_HOME)
+        shutil.rmtree(_HOME, ignore_errors=True)  # the embedded server's data and blobs
 
 
 @pytest.fixture(scope="session")

@@ -330,3 +330,31 @@ def test_not_canonical_inside_objects_and_cycles() -> None:
     cycle.append(cycle)
     with pytest.raises(canonical.NotCanonical, match="reference cycle"):
         canonical.digest((cycle,), {})
+
+
+def test_workflows_defined_in_a_notebook_belong_to_it(monkeypatch):
+    import durablenb as dnb
+    from durablenb.engine.identity import default_workflow_id
+    from durablenb.ipython.cell import default_cell_id
+
+    def analysis(x):
+        return x
+
+    in_notebook = dnb.workflow(name="analysis_nb")(analysis)
+    in_notebook.fn.__module__ = "__main__"  # as a function defined in a cell is
+    from_module = dnb.workflow(name="analysis_mod")(lambda x: x)
+    ids = {}
+    for path in ("/home/ann/q3.ipynb", "/home/ann/q4.ipynb"):
+        monkeypatch.setenv("JPY_SESSION_NAME", path)
+        ids[path] = (in_notebook.id_for(1), from_module.id_for(1), default_cell_id("ab" * 32))
+    q3, q4 = ids["/home/ann/q3.ipynb"], ids["/home/ann/q4.ipynb"]
+    assert q3[0] != q4[0] and q3[2] != q4[2]  # a notebook's workflows and cells are its own
+    assert q3[1] == q4[1] == default_workflow_id("analysis_mod", from_module_digest(from_module))
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/ann/q3.ipynb")
+    assert in_notebook.id_for(1) == q3[0]  # stable: the same notebook finds its own runs
+
+
+def from_module_digest(wf):
+    from durablenb.engine.identity import args_digest
+
+    return args_digest(wf.name, (1,), {})

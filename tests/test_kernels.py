@@ -77,9 +77,12 @@ class Kernel:
 def kernels(schema, effects: Effects):
     started: list[Kernel] = []
 
-    def start() -> Kernel:
+    def start(notebook: str | None = None) -> Kernel:
+        """A kernel; with *notebook*, started for that notebook (as JupyterLab does)."""
         env = dict(os.environ)
         env["EFFECTS_DIR"] = str(effects.root)
+        if notebook:
+            env["JPY_SESSION_NAME"] = notebook
         k = Kernel(env)
         started.append(k)
         return k
@@ -313,3 +316,52 @@ def test_a_replayed_error_shows_the_line_that_failed_in_a_new_kernel(kernels, ef
     assert "re-raised from the record of workflow" in text and "When it ran:" in text, text
     assert "return open(path).read().strip().split(\",\")" in text, text  # the original line
     assert "durablenb/engine" not in text, text
+
+
+NOTEBOOK = r"""
+%load_ext durablenb
+import os
+from pathlib import Path
+import durablenb as dnb
+EFFECTS = Path(os.environ["EFFECTS_DIR"])
+WHO = os.environ["JPY_SESSION_NAME"].rsplit("/", 1)[-1]
+
+def hit(name):
+    with open(EFFECTS / f"{name}.log", "a") as f:
+        f.write("x\n"); f.flush(); os.fsync(f.fileno())
+
+@dnb.step
+def price(book):
+    hit(f"price-{book}")
+    return book
+
+@dnb.workflow
+def pricing():
+    return price(WHO)
+"""
+
+
+def test_two_notebooks_calling_the_same_workflow_stay_apart(kernels, effects):
+    a, b = "/home/ann/q3/pricing.ipynb", "/home/ann/q4/pricing.ipynb"
+    ka, kb = kernels(a), kernels(b)
+    for k in (ka, kb):
+        _no_traceback(k.run(NOTEBOOK))
+    assert "'pricing.ipynb'" in ka.run("pricing()")["results"][0]
+    assert "'pricing.ipynb'" in kb.run("pricing()")["results"][0]
+    ida = ka.run("print(pricing.id_for())")["stdout"].strip()
+    idb = kb.run("print(pricing.id_for())")["stdout"].strip()
+    assert ida != idb and ida.startswith("pricing:") and idb.startswith("pricing:")
+    assert effects.count("price-pricing.ipynb") == 2  # each notebook ran its own
+    listed = ka.run("%durable list")["results"][0]
+    assert ida in listed and idb not in listed  # this notebook's workflows
+    everyone = ka.run("%durable list --all")["results"][0]
+    assert ida in everyone and idb in everyone and "q4/pricing.ipynb" in everyone
+    ka.close()
+
+    again = kernels(a)  # the same notebook after a restart finds its own run
+    _no_traceback(again.run(NOTEBOOK))
+    assert again.run("print(pricing.id_for())")["stdout"].strip() == ida
+    again.run("pricing()")
+    assert effects.count("price-pricing.ipynb") == 2  # replayed
+    frame = dnb.workflows()
+    assert set(frame["notebook"]) == {a, b}

@@ -121,7 +121,9 @@ print(json.dumps(job(KEY)))
 def test_four_processes_same_and_distinct_workflows(run_child, effects, sql, schema):
     sql.execute(f'CREATE TABLE "{schema}".booked (k text)')
     keys = ["shared"] * 4 + ["a", "b", "c", "d"]
-    procs = [run_child(CONCURRENT4, background=True, env={"KEY": k}, name=f"p{i}.py")
+    # Eight kernels of one notebook (a workflow defined in a notebook belongs to it).
+    one = {"JPY_SESSION_NAME": "/home/ann/analysis.ipynb"}
+    procs = [run_child(CONCURRENT4, background=True, env={"KEY": k, **one}, name=f"p{i}.py")
              for i, k in enumerate(keys)]  # fmt: skip
     time.sleep(2.0)
     (effects.root / "go").write_text("1")

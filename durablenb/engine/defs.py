@@ -215,5 +215,12 @@ class Workflow(_Durable):
         """The workflow id a call with these arguments gets (without an explicit id)."""
         from .identity import args_digest, default_workflow_id
 
-        return default_workflow_id(self.name, args_digest(self.name, args, kwargs))
+        return default_workflow_id(self.name, args_digest(self.name, args, kwargs), self.notebook())
+
+    def notebook(self) -> str | None:
+        """The notebook or script this workflow belongs to: the one running, when the
+        workflow is defined there (in ``__main__``); None for workflows of modules."""
+        from .runtime import notebook
+
+        return notebook() if getattr(self.fn, "__module__", None) == "__main__" else None
 

@@ -7,6 +7,7 @@ with no such digest raise `UnhashableArgumentsError`, which suggests an explicit
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..errors import InvalidIdError, UnhashableArgumentsError
@@ -69,6 +70,10 @@ def args_digest(
         ) from None
 
 
-def default_workflow_id(name: str, digest: str | None) -> str:
-    """The id a workflow call gets when none is given: its name and argument digest."""
-    return f"{name}:{(digest or '')[:16]}"
+def default_workflow_id(name: str, digest: str | None, notebook: str | None = None) -> str:
+    """The id a workflow call gets when none is given: its name and argument digest, the
+    digest mixed with the *notebook* (or script) the workflow is defined in, if any."""
+    digest = digest or ""
+    if notebook:
+        digest = hashlib.blake2b(f"{notebook}\0{digest}".encode(), digest_size=8).hexdigest()
+    return f"{name}:{digest[:16]}"

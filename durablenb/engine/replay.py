@@ -89,7 +89,7 @@ def _top_level(spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[Store, str, 
     explicit = _explicit_id.get()
     store = runtime.store()
     digest = args_digest(spec.name, args, kwargs, required=explicit is None)
-    wid = check_id(explicit) if explicit else default_workflow_id(spec.name, digest)
+    wid = check_id(explicit) if explicit else default_workflow_id(spec.name, digest, spec.notebook())
     return store, wid, digest, inputs_for(store, spec, wid, args, kwargs)
 
 
@@ -227,7 +227,8 @@ def _open(
     new = NewWorkflow(id=wid, name=spec.name, args_digest=digest, inputs=now.data,
                       inputs_codec=now.codec, inputs_checksum=now.checksum,
                       code_hash=spec.code_hash, executor=runtime.executor_id(), parent_id=parent_id,
-                      parent_position=position, inputs_blob=now.blob)  # fmt: skip
+                      parent_position=position, inputs_blob=now.blob,
+                      notebook=runtime.notebook())  # fmt: skip
     locked, created = lease.begin(new, wait=spec.wait_timeout if spec.on_busy == "wait" else None)
     if not locked:
         row = store.get_workflow(wid)

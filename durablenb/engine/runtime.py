@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import socket
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,26 @@ _atexit = False
 
 
 _executor: tuple[int, str] | None = None
+
+
+def notebook() -> str | None:
+    """The notebook or script this process runs, as the front end names it.
+
+    JupyterLab and Notebook put the notebook's path in the kernel's ``JPY_SESSION_NAME``;
+    VS Code puts it in ``__vsc_ipynb_file__`` in the user namespace; a script is its
+    ``__main__`` file. None in a console or anything else unnamed.
+    """
+    name = os.environ.get("JPY_SESSION_NAME")
+    if name:
+        return name
+    main = sys.modules.get("__main__")
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        vsc = shell.user_ns.get("__vsc_ipynb_file__")
+        return str(vsc) if vsc else None
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if isinstance(path, str) else None
 
 
 def executor_id() -> str:

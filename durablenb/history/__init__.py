@@ -20,6 +20,7 @@ _WF_DTYPES = {
     "parent_id": "string",
     "forked_from": "string",
     "error_type": "string",
+    "notebook": "string",
     "error_message": "string",
     "steps": "Int64",
     "failed_steps": "Int64",
@@ -55,13 +56,15 @@ def workflows(
     since: Any = None,
     limit: int | None = 100,
     until: Any = None,
+    notebook: str | None = None,
 ) -> pd.DataFrame:
     """One row a workflow, newest first.
 
     *status*: one status or a list (``running``, ``interrupted``, ``succeeded``, ``failed``,
     ``cancelled``, ``superseded``); *name*: the workflow's name; *since* / *until*: created
     at or after / before these times (datetimes, tz-aware or UTC); *limit*: the most rows
-    (None for all). A running workflow that no live executor holds is shown as
+    (None for all); *notebook*: started from this notebook or script (its path, as in the
+    ``notebook`` column). A running workflow that no live executor holds is shown as
     ``interrupted``.
     """
     store = runtime.store()
@@ -69,7 +72,8 @@ def workflows(
     db_status = None
     if wanted is not None:
         db_status = sorted({"running" if s == "interrupted" else s for s in wanted})
-    cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit, until)
+    cols, rows = store.query_workflows(db_status, name, since, None if wanted else limit, until,
+                                       notebook)  # fmt: skip
     held = store.held_keys() if any(r[2] == "running" for r in rows) else set()
     fixed = []
     for row in rows:

@@ -37,6 +37,8 @@ class DurableMagics(Magics):
     @argument("--older-than", default=None, help="gc: age such as 90s, 30m, 12h, 7d, 2w")
     @argument("--status", default=None, help="list: statuses, comma-separated")
     @argument("--limit", type=int, default=100, help="list: the most rows")
+    @argument("--all", dest="everyone", action="store_true",
+              help="list: the workflows of every notebook, not only this one's")
     @line_cell_magic
     def durable(self, line: str = "", cell: str | None = None) -> Any:
         """Manage durable workflows, or run the cell as one."""
@@ -113,7 +115,7 @@ def _startup_report() -> str:
 
     store = runtime.store()
     lines = [f"durablenb: connected to {store.masked_dsn} (schema {store.schema})"]
-    left = history.workflows(status="interrupted", limit=50)
+    left = history.workflows(status="interrupted", limit=50, notebook=runtime.notebook())
     left = left[left["parent_id"].isna()]
     if left.empty:
         return lines[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import types
 from typing import Any
 
@@ -56,6 +57,15 @@ class CellWorkflow(Workflow):
         self._code_hash = code
 
 
+def default_cell_id(digest: str) -> str:
+    """``cell-…``: the cell's digest, mixed with this notebook's path when it is known, so
+    that the same cell in two notebooks is two workflows."""
+    where = runtime.notebook()
+    if where:
+        digest = hashlib.blake2b(f"{where}\0{digest}".encode(), digest_size=8).hexdigest()
+    return f"cell-{digest[:16]}"
+
+
 def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Run *cell* durably in *shell*'s namespace: ``(display value, report)``.
 
@@ -64,7 +74,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
     __tracebackhide__ = True
     tree = ast.parse(cell)
     digest = cell_hash(cell)
-    wid = workflow_id or f"cell-{digest[:16]}"
+    wid = workflow_id or default_cell_id(digest)
     names = assigned_names(tree)
     imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None

@@ -36,8 +36,12 @@ def _row(wid: str) -> Any:
 
 def cmd_list(opts: Any, args: list[str]) -> pd.DataFrame:
     status = opts.status.split(",") if opts.status else None
-    df = history.workflows(status=status, name=args[0] if args else None, limit=opts.limit)
+    here = None if getattr(opts, "everyone", False) else runtime.notebook()
+    df = history.workflows(status=status, name=args[0] if args else None, limit=opts.limit,
+                           notebook=here)  # fmt: skip
     cols = ["workflow_id", "name", "status", "steps", "created_at", "duration", "error_type"]
+    if here is None:
+        cols.append("notebook")
     return df[cols]
 
 

@@ -107,11 +107,11 @@ class _Queries:
             "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
             f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
             "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
-            "forked_from, run_started_at, inputs_blob, lineage_id) "
+            "forked_from, run_started_at, inputs_blob, lineage_id, notebook) "
             f"SELECT %(id)s, %(name)s, {status}, "
             "%(args_digest)s, %(inputs)b, %(inputs_codec)s, %(inputs_checksum)s, %(code_hash)s, "
             "%(executor)s, %(parent_id)s, %(parent_position)s, %(forked_from)s, "
-            "to_timestamp(%(started)s), %(inputs_blob)s, %(id)s "
+            "to_timestamp(%(started)s), %(inputs_blob)s, %(id)s, %(notebook)s "
             # Only the lock's holder inserts, so no other insert of this id can race this
             # one: NOT EXISTS does what ON CONFLICT would, without a speculative insertion.
             f"FROM lk WHERE lk.got AND NOT EXISTS (SELECT 1 FROM {s}.workflows w WHERE w.id = %(id)s) "

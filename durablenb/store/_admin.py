@@ -183,6 +183,7 @@ class AdminMixin:
         since: Any = None,
         limit: int | None = 100,
         until: Any = None,
+        notebook: str | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Workflow rows with step counts, newest first: ``(columns, rows)``."""
         s = self.qschema
@@ -201,6 +202,9 @@ class AdminMixin:
         if until is not None:
             where.append("w.created_at < %s")
             params.append(until)
+        if notebook is not None:
+            where.append("w.notebook = %s")
+            params.append(notebook)
         sql_where = ("WHERE " + " AND ".join(where)) if where else ""
         sql_limit = ""
         if limit is not None:
@@ -209,7 +213,7 @@ class AdminMixin:
         q = (
             "SELECT w.id, w.name, w.status, w.created_at, w.updated_at, w.finished_at, "
             "w.executor, w.runs, w.parent_id, w.forked_from, w.error_type, w.error_message, "
-            "coalesce(c.n, 0), coalesce(c.failed, 0) "
+            "coalesce(c.n, 0), coalesce(c.failed, 0), w.notebook "
             f"FROM {s}.workflows w LEFT JOIN LATERAL (SELECT count(*) AS n, "
             "count(*) FILTER (WHERE st.status = 'failed') AS failed "
             f"FROM {s}.steps st WHERE st.workflow_id = w.id) c ON true "
@@ -218,7 +222,7 @@ class AdminMixin:
         cols = [
             "workflow_id", "name", "status", "created_at", "updated_at", "finished_at",
             "executor", "runs", "parent_id", "forked_from", "error_type", "error_message",
-            "steps", "failed_steps",
+            "steps", "failed_steps", "notebook",
         ]  # fmt: skip
         with self.connection() as conn:
             rows = conn.execute(q, params).fetchall()

@@ -159,9 +159,10 @@ class LineageMixin:
         with self.connection() as conn, conn.transaction():
             cur = conn.execute(
                 f"INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, inputs_codec, "
-                "inputs_checksum, inputs_blob, code_hash, executor, forked_from, runs, lineage_id) "
-                "SELECT %s, name, 'running', args_digest, inputs, inputs_codec, inputs_checksum, "
-                f"inputs_blob, code_hash, %s, id, 0, coalesce(lineage_id, id) FROM {s}.workflows "
+                "inputs_checksum, inputs_blob, code_hash, executor, forked_from, runs, lineage_id, "
+                "notebook) SELECT %s, name, 'running', args_digest, inputs, inputs_codec, "
+                "inputs_checksum, inputs_blob, code_hash, %s, id, 0, coalesce(lineage_id, id), "
+                f"notebook FROM {s}.workflows "
                 "WHERE id = %s",
                 [new_id, executor, source_id],
             )

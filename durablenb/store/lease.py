@@ -89,6 +89,7 @@ class Lease:
             "parent_position": new.parent_position,
             "forked_from": new.forked_from,
             "inputs_blob": new.inputs_blob,
+            "notebook": new.notebook,
             "commit_mode": "off" if self.asynchronous else self.store.status_commit_mode,
             "started": time.time(),
         }

@@ -74,6 +74,7 @@ class WorkflowRow:
     inputs_blob: str | None = None
     lineage_id: str | None = None
     archive_of: str | None = None
+    notebook: str | None = None
 
     @property
     def lineage(self) -> str:
@@ -107,6 +108,8 @@ class NewWorkflow:
     parent_position: int | None = None
     forked_from: str | None = None
     inputs_blob: str | None = None
+    #: The notebook or script it was started from (`durablenb.engine.runtime.notebook`).
+    notebook: str | None = None
 
 
 @dataclass(kw_only=True)
