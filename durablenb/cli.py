@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from . import __version__, api, history, widgets
+from . import __version__, api, history, verbs, widgets
 from ._durations import parse_duration
 from .engine import runtime
 from .errors import DurableError
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("cancel", "cancel a running workflow"),
                        ("forget", "delete a workflow's records")]:  # fmt: skip
         sub.add_parser(verb, help=text).add_argument("workflow_id")
+    out = sub.add_parser("output", help="the recorded output of a step (a position or a name)")
+    out.add_argument("workflow_id")
+    out.add_argument("step")
+    out.add_argument("--to", help="write it to a file: .parquet, .csv, .feather, .npy, .json, .pkl")
     fk = sub.add_parser("fork", help="run a copy that reuses the records before a step")
     fk.add_argument("workflow_id")
     fk.add_argument("--from-step", type=int, required=True)
@@ -57,11 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = args.command
         if cmd == "list":
             status = args.status.split(",") if args.status else None
-            df = history.workflows(status=status, name=args.name, limit=args.limit)
-            _show(df[["workflow_id", "name", "status", "steps", "created_at", "duration", "error_type"]])
+            _show(verbs.workflow_table(history.workflows(status=status, name=args.name,
+                                                         limit=args.limit), notebook=True))  # fmt: skip
         elif cmd == "steps":
-            _show(history.steps(args.workflow_id)[["position", "name", "kind", "status", "duration",
-                                                    "attempts", "output_bytes", "error_type"]])  # fmt: skip
+            _show(verbs.step_table(args.workflow_id))
+        elif cmd == "output":
+            value = verbs.output(args.workflow_id, args.step, args.to)
+            print(f"wrote {args.to}" if args.to else value)
         elif cmd == "timeline":
             print(widgets.timeline_text(args.workflow_id))
         elif cmd == "resume":
@@ -86,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("records: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
         elif cmd == "gc":
             print(f"{api.gc(parse_duration(args.older_than))} workflow record(s) removed")
-    except (DurableError, ValueError) as exc:
+    except (DurableError, ValueError, TypeError, LookupError) as exc:
         print(f"durablenb: {exc}", file=sys.stderr)
         return 1
     return 0

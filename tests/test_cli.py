@@ -29,7 +29,7 @@ def test_cli_verbs(schema, capsys):
     assert main(["gc", "--older-than", "7d"]) == 0
     assert main(["gc", "--older-than", "7x"]) == 1
     assert "cannot read the duration" in capsys.readouterr().err
-    assert main(["steps", "no-such-workflow"]) == 0  # an empty history, not an error
+    assert main(["steps", "no-such-workflow"]) == 1  # unknown, as for every verb
     assert main(["forget", "no-such-workflow"]) == 1
     assert "no workflow" in capsys.readouterr().err
     assert main(["forget", wid]) == 0

@@ -10,6 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import durablenb as dnb
 from durablenb.engine import hashing, runtime
+from durablenb.errors import WorkflowNotFoundError
 from durablenb.ipython import _complete, _source_from_history
 from durablenb.ipython.commands import parse_duration
 
@@ -103,11 +104,12 @@ def test_list_steps_timeline_info(shell, capsys):
 
 
 def test_usage_errors_are_usage_errors(shell):
-    for line in ["%durable bogus", "%durable steps", "%durable steps no-such-id",
-                 "%durable gc", "%durable gc --older-than 7x", "%durable fork x",
-                 "%durable keep x"]:  # fmt: skip
+    for line in ["%durable bogus", "%durable steps", "%durable gc", "%durable gc --older-than 7x",
+                 "%durable fork x", "%durable keep x"]:  # fmt: skip
         with pytest.raises(UsageError):
             shell.run(line)
+    with pytest.raises(WorkflowNotFoundError):  # an unknown id is the same error everywhere
+        shell.run("%durable steps no-such-id")
     assert parse_duration("7d") == 7 * 86400 and parse_duration("90") == 90
     assert parse_duration("1.5h") == 5400
 

@@ -145,19 +145,49 @@ def encode(value: Any, codec: str | None = None, seal: Seal | None = None) -> En
 
 
 def pickled(value: Any) -> tuple[str, bytes]:
-    """``(codec, bytes)``: pickle protocol 5, or cloudpickle for what pickle refuses."""
+    """``(codec, bytes)``: pickle protocol 5, or cloudpickle for what pickle refuses (never
+    an open file: cloudpickle would record what it holds, and hand back a `StringIO`)."""
     try:
         return PICKLE, pickle.dumps(value, protocol=5)
     except Exception as first:
         try:
-            import cloudpickle
+            import io
 
-            return CLOUDPICKLE, cloudpickle.dumps(value, protocol=5)
+            out = io.BytesIO()
+            _refusing_pickler()(out, protocol=5).dump(value)
+            return CLOUDPICKLE, out.getvalue()
         except Exception as exc:
             raise EncodingError(
                 f"cannot encode a value of type {type(value).__module__}."
                 f"{type(value).__qualname__}: {exc or first}"
             ) from exc
+
+
+_REFUSING: Any = None
+
+
+def _refusing_pickler() -> Any:
+    """A cloudpickle pickler that refuses open files and sockets at any depth."""
+    global _REFUSING
+    if _REFUSING is None:
+        import io
+        import socket
+
+        import cloudpickle
+
+        memory = (io.BytesIO, io.StringIO)
+
+        class Refusing(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, (io.IOBase, socket.socket)) and not isinstance(obj, memory):
+                    raise TypeError(
+                        f"{type(obj).__module__}.{type(obj).__qualname__} is an open file or "
+                        "socket, live state of this process: record its contents or its path"
+                    )
+                return super().reducer_override(obj)
+
+        _REFUSING = Refusing
+    return _REFUSING
 
 
 def decode(

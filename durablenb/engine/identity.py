@@ -23,7 +23,7 @@ MAX_NAME_BYTES = 500
 
 def _check_text(value: Any, what: str, limit: int) -> str:
     if not isinstance(value, str):
-        raise InvalidIdError(f"a {what} is a string, not {type(value).__name__}")
+        raise TypeError(f"a {what} is a string, not {type(value).__name__}: {value!r:.60}")
     if not value:
         raise InvalidIdError(f"a {what} cannot be empty")
     if "\x00" in value:

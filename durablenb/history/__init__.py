@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 
 from ..engine import events, runtime
+from ..engine.identity import check_id
+from ..errors import WorkflowNotFoundError
 
 __all__ = ["workflows", "steps"]
 
@@ -97,7 +99,10 @@ def steps(workflow_id: str) -> pd.DataFrame:
     attempt), ``replayed`` (recorded before the workflow's latest run began, so that run
     returned the record) or ``running`` (executing now in this process; no record yet).
     """
-    cols, rows = runtime.store().query_steps(workflow_id)
+    store = runtime.store()
+    cols, rows = store.query_steps(check_id(workflow_id))
+    if not rows and workflow_id not in events.active_runs and store.get_workflow(workflow_id) is None:
+        raise WorkflowNotFoundError(f"no workflow {workflow_id!r} is recorded")
     ci = cols.index("codec")
     rows = [r[:ci] + ((r[ci].split(";sig=")[0] + " (signed)" if r[ci] and ";sig=" in r[ci]
                        else r[ci]),) + r[ci + 1 :] for r in rows]  # fmt: skip

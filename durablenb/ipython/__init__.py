@@ -27,15 +27,17 @@ class DurableMagics(Magics):
     @argument(
         "command",
         nargs="?",
-        help="list | steps ID | timeline ID | diff ID | keep ID STEP | refresh ID STEP | "
-        "resume ID | cancel ID | fork ID --from-step N | forget ID | recover | connect DSN | "
-        "info | gc --older-than 7d. As a cell magic: no command, the cell runs as a workflow.",
+        help="list | steps ID | timeline ID | output ID STEP | diff ID | keep ID STEP | "
+        "refresh ID STEP | resume ID | cancel ID | fork ID --from-step N | forget ID | recover | "
+        "connect DSN | info | gc --older-than 7d | help [CMD]. As a cell magic: no command, the "
+        "cell runs as a workflow.",
     )
     @argument("args", nargs="*", help="the command's workflow id and other arguments")
     @argument("--id", dest="workflow_id", default=None, help="%%durable: the cell's workflow id")
     @argument("--from-step", type=int, default=None, help="fork: first position to run anew")
     @argument("--older-than", default=None, help="gc: age such as 90s, 30m, 12h, 7d, 2w")
     @argument("--status", default=None, help="list: statuses, comma-separated")
+    @argument("--to", default=None, help="output: write the output to this file")
     @argument("--limit", type=int, default=100, help="list: the most rows")
     @argument("--all", dest="everyone", action="store_true",
               help="list: the workflows of every notebook, not only this one's")
@@ -43,6 +45,8 @@ class DurableMagics(Magics):
     def durable(self, line: str = "", cell: str | None = None) -> Any:
         """Manage durable workflows, or run the cell as one."""
         __tracebackhide__ = True
+        if cell is None and line.split()[:1] in (["--help"], ["-h"]):
+            line = "help"
         opts = parse_argstring(self.durable, line)
         if cell is not None:
             if opts.command:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from IPython.core.error import UsageError
 
-from .. import __version__, _durations, api, history, server
+from .. import __version__, _durations, api, history, server, verbs
 from ..engine import planner, replay, runtime
 from ..errors import CodeChangedError, WorkflowCancelledError, WorkflowNotFoundError
 
@@ -30,7 +30,7 @@ def _one_id(args: list[str], verb: str) -> str:
 def _row(wid: str) -> Any:
     row = runtime.store().get_workflow(wid)
     if row is None:
-        raise UsageError(f"no workflow {wid!r} is recorded (see %durable list)")
+        raise WorkflowNotFoundError(f"no workflow {wid!r} is recorded (see %durable list --all)")
     return row
 
 
@@ -39,16 +39,13 @@ def cmd_list(opts: Any, args: list[str]) -> pd.DataFrame:
     here = None if getattr(opts, "everyone", False) else runtime.notebook()
     df = history.workflows(status=status, name=args[0] if args else None, limit=opts.limit,
                            notebook=here)  # fmt: skip
-    cols = ["workflow_id", "name", "status", "steps", "created_at", "duration", "error_type"]
-    if here is None:
-        cols.append("notebook")
-    return df[cols]
+    return verbs.workflow_table(df, notebook=here is None)
 
 
 def cmd_steps(opts: Any, args: list[str]) -> pd.DataFrame:
     wid = _one_id(args, "steps")
     _row(wid)
-    return history.steps(wid)
+    return verbs.step_table(wid)
 
 
 def cmd_timeline(opts: Any, args: list[str]) -> Any:
@@ -84,10 +81,7 @@ def cmd_fork(opts: Any, args: list[str]) -> Any:
 
 def cmd_forget(opts: Any, args: list[str]) -> None:
     wid = _one_id(args, "forget")
-    try:
-        n = api.forget(wid)
-    except WorkflowNotFoundError as exc:
-        raise UsageError(str(exc)) from None
+    n = api.forget(wid)
     print(f"forgot {wid} ({n} workflow record{'s' if n != 1 else ''} removed)")
 
 
@@ -215,8 +209,52 @@ def cmd_refresh(opts: Any, args: list[str]) -> None:
     print(f"the next run of {wid} re-runs from position {positions[0]} on")
 
 
+def cmd_output(opts: Any, args: list[str]) -> Any:
+    if len(args) != 2:
+        raise UsageError("%durable output ID STEP [--to FILE] (STEP: a position or a step name)")
+    value = verbs.output(args[0], args[1], opts.to)
+    if opts.to:
+        print(f"wrote the output of {args[1]!r} to {opts.to}")
+    return value
+
+
+#: One line of usage and what it does, per command (``%durable help CMD``).
+USAGE = {
+    "list": "%durable list [NAME] [--status S,S] [--limit N] [--all]: this notebook's workflows "
+            "(--all: every notebook's), newest first",
+    "steps": "%durable steps ID: the recorded steps of a workflow",
+    "timeline": "%durable timeline ID: a workflow's timeline",
+    "output": "%durable output ID STEP [--to FILE]: the recorded output of a step (a position or "
+              "a name); --to writes it to .parquet, .csv, .feather, .npy, .json or .pkl",
+    "resume": "%durable resume ID: run a workflow again from its records and wait for it",
+    "cancel": "%durable cancel ID: stop a running workflow before its next step",
+    "fork": "%durable fork ID --from-step N: a copy that reuses the records before position N",
+    "forget": "%durable forget ID: delete a workflow's records (children, archives, blobs)",
+    "recover": "%durable recover: resume every interrupted workflow defined in this kernel",
+    "connect": "%durable connect [DSN]: connect to another store",
+    "info": "%durable info: where the records are, and how many",
+    "gc": "%durable gc --older-than 7d: delete finished workflows older than an age",
+    "diff": "%durable diff ID: what a rerun would reuse and re-run, step by step",
+    "keep": "%durable keep ID STEP: reuse a step's record although its code changed",
+    "refresh": "%durable refresh ID STEP: run a step (and the ones after it) again at the next run",
+    "help": "%durable help [CMD]: this help",
+}  # fmt: skip
+
+
+def cmd_help(opts: Any, args: list[str]) -> None:
+    if args and args[0] in USAGE:
+        print(USAGE[args[0]])
+        return
+    if args:
+        raise UsageError(f"unknown command {args[0]!r}; one of: {', '.join(USAGE)}")
+    print("%durable COMMAND ...   (as a cell magic, %%durable [--id ID] runs the cell as a workflow)\n")
+    print("\n".join("  " + USAGE[c] for c in USAGE))
+
+
 COMMANDS = {
     "list": cmd_list,
+    "output": cmd_output,
+    "help": cmd_help,
     "steps": cmd_steps,
     "timeline": cmd_timeline,
     "resume": cmd_resume,
