@@ -365,3 +365,47 @@ def test_two_notebooks_calling_the_same_workflow_stay_apart(kernels, effects):
     assert effects.count("price-pricing.ipynb") == 2  # replayed
     frame = dnb.workflows()
     assert set(frame["notebook"]) == {a, b}
+
+
+ASYNC_SETUP = r"""
+%load_ext durablenb
+import asyncio, os, time
+from pathlib import Path
+import durablenb as dnb
+EFFECTS = Path(os.environ["EFFECTS_DIR"])
+
+def hit(name):
+    with open(EFFECTS / f"{name}.log", "a") as f:
+        f.write(f"{os.getpid()}\n"); f.flush(); os.fsync(f.fileno())
+
+@dnb.step
+async def ask(i):
+    hit(f"ask{i}")
+    while i == 2 and not (EFFECTS / "release").exists():  # the first kernel dies here
+        await asyncio.sleep(0.05)
+    return i * 10
+
+@dnb.workflow
+async def survey():
+    first = await ask(0)
+    rest = await asyncio.gather(ask(1), ask(2), ask(3))
+    return [first, *rest]
+"""
+
+
+def test_an_async_workflow_killed_mid_run_resumes_with_top_level_await(kernels, effects):
+    k1 = kernels()
+    _no_traceback(k1.run(ASYNC_SETUP))
+    k1.send("answers = await survey()")  # Jupyter's top-level await
+    _wait(effects, "ask2")
+    k1.kill()
+
+    (effects.root / "release").write_text("go")
+    k2 = kernels()
+    _no_traceback(k2.run(ASYNC_SETUP))
+    out = k2.run("answers = await survey()\nprint('answers', answers)")
+    _no_traceback(out)
+    assert "answers [0, 10, 20, 30]" in out["stdout"]
+    # ask(0) and the finished gathered steps replayed; only ask(2), cut off, ran again.
+    counts = [effects.count(f"ask{i}") for i in range(4)]
+    assert counts[0] == 1 and counts[2] == 2 and counts[1] == 1, counts
