@@ -268,3 +268,13 @@ def test_each_cell_variable_holds_its_blob_until_the_cell_is_forgotten(shell, sc
     assert len(list(blobs.listing())) == 2
     shell.run("%durable forget big-cell")
     assert list(blobs.listing()) == []
+
+
+def test_the_notebook_is_named_by_the_front_end(shell, monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    shell.ns.pop("__vsc_ipynb_file__", None)
+    assert runtime.notebook() is None  # an IPython console: no notebook
+    shell.ns["__vsc_ipynb_file__"] = "/home/ann/vscode/q3.ipynb"  # VS Code's name for it
+    assert runtime.notebook() == "/home/ann/vscode/q3.ipynb"
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/ann/lab/q3.ipynb")  # JupyterLab's
+    assert runtime.notebook() == "/home/ann/lab/q3.ipynb"
