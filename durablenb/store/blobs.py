@@ -133,6 +133,15 @@ def _missing(ref: str, what: str, where: str) -> CorruptRecordError:
     )
 
 
+#: Packages whose exceptions mean an object store (or the way to it) failed.
+_REMOTE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "adlfs", "azure")
+
+
+def _remote_failure(exc: BaseException) -> bool:
+    """Whether *exc* is an object store's failure (unreachable, refused, throttled)."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".", 1)[0] in _REMOTE_CLIENTS
+
+
 def _storage_error(verb: str, where: str, exc: BaseException) -> StorageError:
     return StorageError(
         f"cannot {verb} a large value in the blob store {where}: {exc}. Nothing was recorded "
@@ -383,6 +392,14 @@ class FsspecBlobs(BlobStore):
     def _path(self, ref: str, base: str | None = None) -> str:
         return f"{base or self.base}/{ref[:2]}/{ref}"
 
+    def put(self, produce: Callable[[Any], None], owner: str | None = None) -> tuple[str, int, int]:
+        try:
+            return super().put(produce, owner)
+        except Exception as exc:
+            if _remote_failure(exc):  # the object store's client failed, not the value
+                raise _storage_error("write", self.url, exc) from exc
+            raise
+
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         tmp = f"{self.base}/tmp/{uuid.uuid4().hex}.part"
         with self.fs.open(tmp, "wb") as raw:
@@ -404,7 +421,9 @@ class FsspecBlobs(BlobStore):
                 data = self.fs.cat_file(self._path(ref, self.legacy_base))
         except FileNotFoundError:
             raise _missing(ref, what, self.url) from None
-        except OSError as exc:
+        except Exception as exc:
+            if not _remote_failure(exc):
+                raise
             raise _storage_error("read", self.url, exc) from exc
         _check(data, ref, what, self.url, crc)
         return data
