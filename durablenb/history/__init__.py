@@ -101,7 +101,7 @@ def steps(workflow_id: str) -> pd.DataFrame:
     """
     store = runtime.store()
     cols, rows = store.query_steps(check_id(workflow_id))
-    if not rows and workflow_id not in events.active_runs and store.get_workflow(workflow_id) is None:
+    if not rows and not _known_here(workflow_id) and store.get_workflow(workflow_id) is None:
         raise WorkflowNotFoundError(f"no workflow {workflow_id!r} is recorded")
     ci = cols.index("codec")
     rows = [r[:ci] + ((r[ci].split(";sig=")[0] + " (signed)" if r[ci] and ";sig=" in r[ci]
@@ -111,6 +111,14 @@ def steps(workflow_id: str) -> pd.DataFrame:
     df = _frame(cols, rows, _STEP_DTYPES)
     df.insert(7, "duration", df["finished_at"] - df["started_at"])
     return df.reset_index(drop=True)
+
+
+def _known_here(workflow_id: str) -> bool:
+    """Whether this process runs *workflow_id* or has just started it (its row may not be
+    written yet)."""
+    from ..engine import handles
+
+    return workflow_id in events.active_runs or workflow_id in handles._inflight
 
 
 def _running_rows(workflow_id: str, cols: list[str], recorded: set[int]) -> list[tuple[Any, ...]]:
