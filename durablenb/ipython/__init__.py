@@ -67,6 +67,8 @@ class DurableMagics(Magics):
         from .cell import run_cell
 
         value, report = run_cell(self.shell, cell, workflow_id)
+        if report["rerun_because"]:
+            print("durablenb: ran the cell again: could not restore " + "; ".join(report["rerun_because"]))
         if not report["executed"]:
             names = ", ".join(report["names"]) or "nothing"
             print(f"durablenb: cell {report['workflow_id']} already finished; restored {names} "

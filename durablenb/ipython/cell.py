@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
+import sys
+import tokenize
 import types
 from typing import Any
 
@@ -69,58 +72,165 @@ def default_cell_id(digest: str) -> str:
 def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Run *cell* durably in *shell*'s namespace: ``(display value, report)``.
 
-    A finished, unchanged cell is not executed: its recorded names are restored.
+    A finished, unchanged cell is not executed: what it printed is shown again, its
+    ``def``/``class``/``import`` statements run again and its other recorded names are
+    restored. A name that cannot be restored makes the cell run again (it says so).
     """
     __tracebackhide__ = True
-    tree = ast.parse(cell)
     digest = cell_hash(cell)
     wid = workflow_id or default_cell_id(digest)
-    names = assigned_names(tree)
-    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    body_nodes = tree.body[:-1] if last is not None else tree.body
-    filename = shell.compile.cache(cell) if hasattr(shell, "compile") else "<durable-cell>"
-    ns = shell.user_ns
+    parts = _Parts(shell, cell, wid)
     ran = {"executed": False}
 
     def body() -> dict[str, Any]:
         __tracebackhide__ = True
         ran["executed"] = True
-        exec(compile(ast.Module(body=body_nodes, type_ignores=[]), filename, "exec"), ns)
-        value = None
-        if last is not None:
-            value = eval(compile(ast.Expression(last.value), filename, "eval"), ns)
+        with _Tee() as printed:
+            value = parts.execute()
+        out = parts.record()
+        out["value"] = None if parts.quiet else _recordable(value)
+        out["stdout"], out["stderr"] = printed.text("stdout"), printed.text("stderr")
+        return out
+
+    wf = CellWorkflow(body, name=f"%%durable:{wid}", code=digest)
+    out = _call(wf, wid)
+    report = {"workflow_id": wid, "executed": ran["executed"], "skipped": out["skipped"],
+              "names": list(out["names"]), "rerun_because": None}  # fmt: skip
+    if not ran["executed"]:
+        failed = parts.restore(out)
+        if failed:  # never an error: run the cell again, recording it anew
+            runtime.store().forget(wid)
+            value, again = run_cell(shell, cell, workflow_id)
+            again["rerun_because"] = failed
+            return value, again
+    return (None if parts.quiet else out["value"]), report
+
+
+def _call(wf: CellWorkflow, wid: str) -> Any:
+    __tracebackhide__ = True
+    token = _explicit_id.set(wid)
+    try:
+        return call_workflow(wf, (), {})
+    finally:
+        _explicit_id.reset(token)
+
+
+def _recordable(value: Any) -> Any:
+    try:
+        codecs.encode(value)
+    except codecs.EncodingError:
+        return None
+    return value
+
+
+class _Parts:
+    """A cell split into what it executes, what it records and what re-runs on restore."""
+
+    def __init__(self, shell: Any, cell: str, wid: str) -> None:
+        self.shell, self.wid = shell, wid
+        # IPython syntax (%magics, !shell, a?) becomes Python first, as in any cell.
+        source = shell.transform_cell(cell) if hasattr(shell, "transform_cell") else cell
+        tree = ast.parse(source)
+        self.names = assigned_names(tree)
+        #: Re-run on restore instead of decoded: imports, and the notebook's own functions
+        #: and classes (they pickle by reference to a __main__ a new kernel does not have).
+        self.rerun = [n for n in tree.body if isinstance(n, _RERUN)]
+        self.defined = {n.name for n in self.rerun if isinstance(n, _DEFS)}
+        self.last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        self.body = tree.body[:-1] if self.last is not None else tree.body
+        self.quiet = _ends_with_semicolon(cell)
+        self.filename = shell.compile.cache(source) if hasattr(shell, "compile") else "<durable-cell>"
+        self.ns = shell.user_ns
+
+    def execute(self) -> Any:
+        __tracebackhide__ = True
+        exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
+        if self.last is None:
+            return None
+        return eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
+
+    def record(self) -> dict[str, Any]:
         store = runtime.store()
         recorded: dict[str, tuple[str, bytes | None, int | None, str | None]] = {}
         skipped: list[str] = []
-        for n in names:
-            if n not in ns or isinstance(ns[n], types.ModuleType):
+        for n in self.names:
+            if n not in self.ns or isinstance(self.ns[n], types.ModuleType) or n in self.defined:
                 continue
             try:
-                enc = values.encode_value(store, ns[n], (wid, f"var:{n}"), wid)
+                enc = values.encode_value(store, self.ns[n], (self.wid, f"var:{n}"), self.wid)
             except codecs.EncodingError:
                 skipped.append(n)
                 continue
             recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
-        try:
-            codecs.encode(value)
-        except codecs.EncodingError:
-            value = None
-        return {"names": recorded, "skipped": skipped, "value": value}
+        return {"names": recorded, "skipped": skipped}
 
-    wf = CellWorkflow(body, name=f"%%durable:{wid}", code=digest)
-    token = _explicit_id.set(wid)
-    try:
-        out = call_workflow(wf, (), {})
-    finally:
-        _explicit_id.reset(token)
-    report = {"workflow_id": wid, "executed": ran["executed"], "skipped": out["skipped"],
-              "names": list(out["names"])}  # fmt: skip
-    if not ran["executed"]:
-        for node in imports:
-            exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), ns)
-        store = runtime.store()
+    def restore(self, out: dict[str, Any]) -> list[str]:
+        """Show what the cell printed, re-run its definitions, restore its names; the names
+        that could not be restored (then nothing is half-restored: the cell runs again)."""
+        for node in self.rerun:
+            exec(compile(ast.Module(body=[node], type_ignores=[]), self.filename, "exec"), self.ns)
+        store, decoded, failed = runtime.store(), {}, []
         for n, (codec, data, checksum, blob) in out["names"].items():
-            ns[n] = values.decode_value(store, codec, data, checksum, blob,
-                                        f"value of {n!r} in cell {wid!r}", (wid, f"var:{n}"))  # fmt: skip
-    return out["value"], report
+            try:
+                decoded[n] = values.decode_value(store, codec, data, checksum, blob,
+                                                 f"value of {n!r} in cell {self.wid!r}",
+                                                 (self.wid, f"var:{n}"))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001  (any failure: the cell runs again)
+                failed.append(f"{n} ({type(exc).__name__}: {str(exc)[:120]})")
+        if failed:
+            return failed
+        self.ns.update(decoded)
+        for stream in ("stdout", "stderr"):
+            if out.get(stream):
+                getattr(sys, stream).write(out[stream])
+        return []
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_RERUN = (ast.Import, ast.ImportFrom, *_DEFS)
+#: The most printed text recorded per stream of a cell.
+MAX_PRINTED = 1 << 20
+
+
+def _ends_with_semicolon(cell: str) -> bool:
+    """Whether the cell's last code token is ``;`` (IPython then shows no result)."""
+    last = ""
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(cell).readline):
+            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                tokenize.DEDENT, tokenize.ENDMARKER):  # fmt: skip
+                last = tok.string
+    except (tokenize.TokenError, SyntaxError):
+        return cell.rstrip().endswith(";")
+    return last == ";"
+
+
+class _Tee:
+    """While open, what is written to stdout and stderr still shows, and is kept."""
+
+    def __enter__(self) -> _Tee:
+        self.saved = {"stdout": sys.stdout, "stderr": sys.stderr}
+        self.kept = {k: io.StringIO() for k in self.saved}
+        for k, stream in self.saved.items():
+            setattr(sys, k, _TeeStream(stream, self.kept[k]))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for k, stream in self.saved.items():
+            setattr(sys, k, stream)
+
+    def text(self, stream: str) -> str:
+        text = self.kept[stream].getvalue()
+        return text if len(text) <= MAX_PRINTED else text[:MAX_PRINTED] + "\n[… more not recorded]\n"
+
+
+class _TeeStream:
+    def __init__(self, target: Any, copy: io.StringIO) -> None:
+        self._target, self._copy = target, copy
+
+    def write(self, text: str) -> int:
+        self._copy.write(text)
+        return self._target.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding… of the real stream
+        return getattr(self._target, name)

@@ -1,0 +1,122 @@
+"""``%%durable`` cells that come back as they ran: what they printed, a trailing ``;``,
+IPython syntax in the body, the notebook's own functions and classes, and a restore that
+never fails (a name that cannot be restored makes the cell run again)."""
+
+from __future__ import annotations
+
+import pytest
+
+from durablenb.engine import values
+
+from .test_ipython import Shell
+from .test_kernels import _no_traceback, kernels  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def shell(schema):
+    sh = Shell()
+    sh.run("%load_ext durablenb")
+    yield sh
+    sh.run("%unload_ext durablenb")
+
+
+def _new_kernel(shell: Shell) -> None:
+    """What a restarted kernel has: an empty namespace and the extension loaded."""
+    shell.ip.reset()
+    shell.run("%load_ext durablenb")
+
+
+def test_prints_are_shown_again_and_a_semicolon_still_hides_the_result(shell, capsys):
+    cell = "%%durable --id printed\nprint('loaded 336776 flights')\nn = 336776\nn * 2;\n"
+    assert shell.run(cell) is None  # the trailing ; hides the result, as in any cell
+    assert "loaded 336776 flights" in capsys.readouterr().out
+    _new_kernel(shell)
+    assert shell.run(cell) is None
+    out = capsys.readouterr().out
+    assert "loaded 336776 flights" in out and "without running it" in out
+    assert shell.ns["n"] == 336776
+    shown = "%%durable --id shown\nm = 21\nm * 2\n"
+    assert shell.run(shown) == 42
+    _new_kernel(shell)
+    assert shell.run(shown) == 42
+
+
+def test_ipython_syntax_runs_inside_the_cell(shell):
+    cell = "%%durable --id magics\nimport os\n%env DURABLENB_DEMO_X=5\nx = os.environ['DURABLENB_DEMO_X']\n"
+    shell.run(cell)
+    assert shell.ns["x"] == "5"
+    _new_kernel(shell)
+    shell.run(cell)
+    assert shell.ns["x"] == "5"
+
+
+def test_the_notebooks_functions_and_classes_come_back(shell, capsys):
+    cell = """%%durable --id defs
+def shifted(v):
+    return v + 1
+
+class Carrier:
+    def __init__(self, code):
+        self.code = code
+
+hub = Carrier("AA")
+y = shifted(2)
+"""
+    shell.run(cell)
+    _new_kernel(shell)
+    shell.run(cell)
+    out = capsys.readouterr().out
+    assert "without running it" in out and "ran the cell again" not in out
+    assert shell.ns["y"] == 3 and shell.ns["shifted"](4) == 5
+    assert shell.ns["hub"].code == "AA" and type(shell.ns["hub"]) is shell.ns["Carrier"]
+
+
+def test_a_name_that_cannot_be_restored_makes_the_cell_run_again(shell, capsys, monkeypatch):
+    cell = "%%durable --id fragile\ncalls = globals().get('calls', 0) + 1\ntotal = 40 + 2\n"
+    shell.run(cell)
+    _new_kernel(shell)
+    real = values.decode_value
+
+    def failing(store, codec, data, checksum, blob, what, place):
+        if place[1] == "var:total":
+            raise ModuleNotFoundError("No module named 'gone'")
+        return real(store, codec, data, checksum, blob, what, place)
+
+    monkeypatch.setattr(values, "decode_value", failing)
+    shell.run(cell)  # not an error
+    monkeypatch.setattr(values, "decode_value", real)
+    out = capsys.readouterr().out
+    assert "ran the cell again: could not restore total (ModuleNotFoundError" in out
+    assert shell.ns["total"] == 42 and shell.ns["calls"] == 1  # ran in the new namespace
+    _new_kernel(shell)
+    shell.run(cell)  # recorded anew: restores now
+    assert "without running it" in capsys.readouterr().out and shell.ns["total"] == 42
+
+
+CELLS = [
+    "%%durable --id c1\nprint('cell one')\nbase = 10\n",
+    "%%durable --id c2\ndef grow(v):\n    return v * 3\nclass Box:\n    def __init__(self, v):\n"
+    "        self.v = v\nbox = Box(grow(base))\nprint('box', box.v)\n",
+    "%%durable --id c3\nimport os\n%env DURABLENB_CELL_C3=1\nprint('three', box.v + 1)\nbox.v;\n",
+]
+
+
+def test_a_notebook_of_durable_cells_killed_midway_reruns_to_the_same_outputs(kernels):  # noqa: F811
+    setup = "%load_ext durablenb\n"
+
+    def run_all(k, cells):
+        _no_traceback(k.run(setup))
+        outs = [k.run(c) for c in cells]
+        for o in outs:
+            assert o["errors"] == [], o["errors"]
+        return outs
+
+    whole = run_all(kernels(), CELLS)  # uninterrupted (c3 is recorded, so forget it below)
+    first = kernels()
+    run_all(first, [c.replace("--id c", "--id k") for c in CELLS[:2]])
+    first.kill()  # after cell 2
+    again = run_all(kernels(), [c.replace("--id c", "--id k") for c in CELLS])
+    for before, after in zip(whole, again, strict=True):
+        assert after["results"] == before["results"]
+        printed = [line for line in after["stdout"].splitlines() if not line.startswith("durablenb:")]
+        assert printed == before["stdout"].splitlines()
