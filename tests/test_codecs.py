@@ -371,3 +371,30 @@ def test_polars_frames_round_trip_through_arrow(run_child, effects, sql, schema)
     assert effects.count("make") == 2
     codecs_used = [r[0] for r in sql.execute(f'SELECT codec FROM "{schema}".steps ORDER BY position')]
     assert all(c.startswith("arrow") for c in codecs_used)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_ndarray_subclasses_keep_their_type_and_mask(schema, big):
+    import numpy as np
+
+    import durablenb as dnb
+
+    n = 300_000 if big else 5  # large ones go to the blob store
+    masked = np.ma.masked_array(np.arange(n, dtype=float), mask=np.arange(n) % 3 == 0)
+    rec = np.rec.fromarrays([np.arange(n), np.arange(n) * 0.5], names="seq,half")
+    values_ = {"masked": masked, "rec": rec, "matrix": np.asmatrix(np.eye(3))}
+
+    @dnb.step
+    def emit(name):
+        return values_[name]
+
+    @dnb.workflow
+    def wf(tag):
+        return [len(emit(k)) for k in values_]
+
+    wf(big)
+    back = {k: dnb.output(wf.id_for(big), i) for i, k in enumerate(values_)}  # step records
+    assert type(back["masked"]) is np.ma.MaskedArray
+    assert (back["masked"].mask == masked.mask).all() and back["masked"].sum() == masked.sum()
+    assert type(back["rec"]) is np.recarray and back["rec"].half[-1] == rec.half[-1]
+    assert type(back["matrix"]) is np.matrix

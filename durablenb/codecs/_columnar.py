@@ -70,7 +70,9 @@ def choose(value: Any) -> str | None:
     if mod == "numpy":
         import numpy as np
 
-        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        # Exactly an ndarray: a subclass (a masked array, a recarray, a matrix) would come
+        # back as a plain array, its mask or type lost; pickle keeps them.
+        if type(value) is np.ndarray and not value.dtype.hasobject:
             return "npy"
     return None
 
