@@ -120,3 +120,23 @@ def test_a_notebook_of_durable_cells_killed_midway_reruns_to_the_same_outputs(ke
         assert after["results"] == before["results"]
         printed = [line for line in after["stdout"].splitlines() if not line.startswith("durablenb:")]
         assert printed == before["stdout"].splitlines()
+
+
+def test_in_place_changes_to_names_a_cell_only_reads_are_recorded(shell):
+    cells = [
+        "import numpy as np, pandas as pd\nx = np.zeros((2, 2))\ndf = pd.DataFrame({'a': [1, 2]})\n"
+        "rng = np.random.default_rng(0)\n",
+        "%%durable --id inplace\nx[0, 0] = 12\ndf['e'] = 1.25\nfirst = rng.random()\n",
+        "%%durable --id after\nsecond = rng.random()\n",
+    ]
+    for c in cells:
+        shell.run(c)
+    expected = {k: shell.ns[k] for k in ("first", "second")}
+    _new_kernel(shell)
+    shell.run(cells[0])  # an ordinary cell: runs again
+    shell.run(cells[1])  # restored: the in-place changes come back with it
+    assert shell.ns["x"][0, 0] == 12 and list(shell.ns["df"]["e"]) == [1.25, 1.25]
+    assert shell.ns["first"] == expected["first"]
+    shell.ip.run_cell("import durablenb as dnb; dnb.forget('after')")
+    shell.run(cells[2])  # runs anew from the restored generator: the same draw as before
+    assert shell.ns["second"] == expected["second"]

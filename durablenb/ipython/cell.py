@@ -11,7 +11,7 @@ import types
 from typing import Any
 
 from .. import codecs
-from ..engine import Workflow, hashing, runtime, values
+from ..engine import Workflow, _canonical, hashing, runtime, values
 from ..engine.context import _explicit_id
 from ..engine.replay import call_workflow
 
@@ -45,6 +45,44 @@ def assigned_names(tree: ast.Module) -> list[str]:
     for stmt in tree.body:
         visit(stmt)
     return names
+
+
+def read_names(tree: ast.Module) -> list[str]:
+    """Names the cell reads at its own level (comprehensions included, function and class
+    bodies not): the objects an in-place change (``x[0] = 1``, ``df["e"] = 1``,
+    ``rng.random()``) can reach."""
+    names: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in names:
+            names.append(node.id)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for stmt in tree.body:
+        visit(stmt)
+    return names
+
+
+#: Objects larger than this are not fingerprinted for in-place changes (twice per cell).
+MAX_FINGERPRINTED = 1 << 30
+
+
+def fingerprint(value: Any) -> str | None:
+    """A digest of *value*'s content, or None when it has none that can be trusted (or is
+    too large to take twice per cell)."""
+    if isinstance(value, (types.ModuleType, types.FunctionType, type)) or callable(value) and \
+            not hasattr(value, "__dict__"):  # fmt: skip
+        return None
+    size = codecs.estimate_size(value)
+    if size is not None and size > MAX_FINGERPRINTED:
+        return None
+    try:
+        return _canonical.digest((value,), {})
+    except Exception:  # noqa: BLE001  (no stable digest: a lock, a connection, a generator…)
+        return None
 
 
 def cell_hash(cell: str) -> str:
@@ -132,6 +170,7 @@ class _Parts:
         source = shell.transform_cell(cell) if hasattr(shell, "transform_cell") else cell
         tree = ast.parse(source)
         self.names = assigned_names(tree)
+        self.reads = [n for n in read_names(tree) if n not in self.names]
         #: Re-run on restore instead of decoded: imports, and the notebook's own functions
         #: and classes (they pickle by reference to a __main__ a new kernel does not have).
         self.rerun = [n for n in tree.body if isinstance(n, _RERUN)]
@@ -143,11 +182,15 @@ class _Parts:
         self.ns = shell.user_ns
 
     def execute(self) -> Any:
+        """Run the cell; names it only read but changed in place join the recorded ones."""
         __tracebackhide__ = True
+        before = {n: fp for n in self.reads if n in self.ns and (fp := fingerprint(self.ns[n]))}
         exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
-        if self.last is None:
-            return None
-        return eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
+        value = None
+        if self.last is not None:
+            value = eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
+        self.names += [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
+        return value
 
     def record(self) -> dict[str, Any]:
         store = runtime.store()
