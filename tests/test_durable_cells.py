@@ -140,3 +140,42 @@ def test_in_place_changes_to_names_a_cell_only_reads_are_recorded(shell):
     shell.ip.run_cell("import durablenb as dnb; dnb.forget('after')")
     shell.run(cells[2])  # runs anew from the restored generator: the same draw as before
     assert shell.ns["second"] == expected["second"]
+
+
+PLOT = """%%durable --id plot
+import matplotlib.pyplot as plt
+from IPython.display import HTML, display
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([1, 3, 2])
+display(HTML("<b>delays by month</b>"))
+print("plotted")
+"""
+
+
+def test_a_plotting_cell_shows_one_image_again_after_a_restart(kernels):  # noqa: F811
+    def run(k):
+        _no_traceback(k.run("%load_ext durablenb\n%matplotlib inline\n"))
+        out = k.run(PLOT)
+        assert out["errors"] == [], out["errors"]
+        return out
+
+    first = run(kernels())
+    images = [d for d in first.get("displays", []) if "image/png" in d]
+    assert len(images) == 1 and ["text/html", "text/plain"] in first["displays"]
+    again = run(kernels())  # a new kernel: the cell is restored, not run
+    assert "without running it" in again["stdout"] and "plotted" in again["stdout"]
+    shown = [d for d in first["displays"] if "application/vnd.jupyter.widget-view+json" not in d]
+    assert sorted(again.get("displays", [])) == sorted(shown)  # one image, as before
+    k = kernels()
+    run(k)
+    linked = k.run("print(ax.figure is fig, len(fig.axes))")
+    assert "True 1" in linked["stdout"], linked
+
+
+def test_names_that_share_objects_still_share_them(shell):
+    cell = ("%%durable --id shared\nfrom fractions import Fraction\nf = Fraction(1, 3)\n"
+            "holder = [f, {'f': f}]\n")
+    shell.run(cell)
+    _new_kernel(shell)
+    shell.run(cell)
+    assert shell.ns["holder"][0] is shell.ns["f"] and shell.ns["holder"][1]["f"] is shell.ns["f"]

@@ -53,6 +53,8 @@ class Kernel:
                 out["errors"].append(content)
             elif kind == "execute_result":
                 out["results"].append(content["data"].get("text/plain"))
+            elif kind == "display_data":
+                out.setdefault("displays", []).append(sorted(content["data"]))
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
 

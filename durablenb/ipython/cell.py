@@ -123,17 +123,20 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
     def body() -> dict[str, Any]:
         __tracebackhide__ = True
         ran["executed"] = True
-        with _Tee() as printed:
+        with _Tee() as printed, _Displays(shell) as shown:
             value = parts.execute()
+            shown.flush_figures()
         out = parts.record()
         out["value"] = None if parts.quiet else _recordable(value)
         out["stdout"], out["stderr"] = printed.text("stdout"), printed.text("stderr")
+        out["displays"] = shown.kept
         return out
 
     wf = CellWorkflow(body, name=f"%%durable:{wid}", code=digest)
     out = _call(wf, wid)
     report = {"workflow_id": wid, "executed": ran["executed"], "skipped": out["skipped"],
-              "names": list(out["names"]), "rerun_because": None}  # fmt: skip
+              "names": [n for n in out["names"] if n != GROUP] + out.get("grouped", []),
+              "rerun_because": None}  # fmt: skip
     if not ran["executed"]:
         failed = parts.restore(out)
         if failed:  # never an error: run the cell again, recording it anew
@@ -193,11 +196,24 @@ class _Parts:
         return value
 
     def record(self) -> dict[str, Any]:
+        """The cell's names, encoded. Those that pickle are encoded together, under the key
+        ``*``, so that objects they share (``fig`` and ``ax``, a list and its items) are still
+        shared once restored; frames, arrays and plain data are encoded one by one."""
         store = runtime.store()
         recorded: dict[str, tuple[str, bytes | None, int | None, str | None]] = {}
         skipped: list[str] = []
-        for n in self.names:
-            if n not in self.ns or isinstance(self.ns[n], types.ModuleType) or n in self.defined:
+        wanted = [n for n in self.names if n in self.ns and n not in self.defined
+                  and not isinstance(self.ns[n], types.ModuleType)]  # fmt: skip
+        together = {n: self.ns[n] for n in wanted if codecs.choose(self.ns[n]) == codecs.PICKLE}
+        if len(together) > 1:
+            try:
+                enc = values.encode_value(store, together, (self.wid, f"var:{GROUP}"), self.wid)
+            except codecs.EncodingError:
+                together = {}  # one of them cannot be recorded: each on its own, below
+            else:
+                recorded[GROUP] = (enc.codec, enc.data, enc.checksum, enc.blob)
+        for n in wanted:
+            if n in together and GROUP in recorded:
                 continue
             try:
                 enc = values.encode_value(store, self.ns[n], (self.wid, f"var:{n}"), self.wid)
@@ -205,7 +221,7 @@ class _Parts:
                 skipped.append(n)
                 continue
             recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
-        return {"names": recorded, "skipped": skipped}
+        return {"names": recorded, "skipped": skipped, "grouped": list(together) if GROUP in recorded else []}
 
     def restore(self, out: dict[str, Any]) -> list[str]:
         """Show what the cell printed, re-run its definitions, restore its names; the names
@@ -213,22 +229,30 @@ class _Parts:
         for node in self.rerun:
             exec(compile(ast.Module(body=[node], type_ignores=[]), self.filename, "exec"), self.ns)
         store, decoded, failed = runtime.store(), {}, []
+        figures = _figure_numbers()
         for n, (codec, data, checksum, blob) in out["names"].items():
             try:
                 decoded[n] = values.decode_value(store, codec, data, checksum, blob,
                                                  f"value of {n!r} in cell {self.wid!r}",
                                                  (self.wid, f"var:{n}"))  # fmt: skip
             except Exception as exc:  # noqa: BLE001  (any failure: the cell runs again)
-                failed.append(f"{n} ({type(exc).__name__}: {str(exc)[:120]})")
+                label = ", ".join(out.get("grouped", [])) if n == GROUP else n
+                failed.append(f"{label} ({type(exc).__name__}: {str(exc)[:120]})")
         if failed:
             return failed
+        _close_new_figures(figures)  # unpickled figures would be drawn again
+        self.ns.update(decoded.pop(GROUP, {}))
         self.ns.update(decoded)
         for stream in ("stdout", "stderr"):
             if out.get(stream):
                 getattr(sys, stream).write(out[stream])
+        for data, metadata in out.get("displays", ()):
+            _publish(data, metadata)
         return []
 
 
+#: The key of the names a cell's record holds together in one pickle.
+GROUP = "*"
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _RERUN = (ast.Import, ast.ImportFrom, *_DEFS)
 #: The most printed text recorded per stream of a cell.
@@ -277,3 +301,59 @@ class _TeeStream:
 
     def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding… of the real stream
         return getattr(self._target, name)
+
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+class _Displays:
+    """While open, what the cell displays (images, HTML, widgets' text forms) still shows,
+    and its mime bundles are kept to show again on restore."""
+
+    def __init__(self, shell: Any) -> None:
+        self.pub = getattr(shell, "display_pub", None)
+        self.kept: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def __enter__(self) -> _Displays:
+        if self.pub is not None:
+            original = self.pub.publish
+
+            def publish(data: dict[str, Any], metadata: dict[str, Any] | None = None,
+                        *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+                if _WIDGET_VIEW not in data:  # a widget's model is gone with its kernel
+                    self.kept.append((dict(data), dict(metadata or {})))
+                return original(data, metadata, *args, **kwargs)
+
+            self.pub.publish = publish
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pub is not None:
+            self.pub.__dict__.pop("publish", None)
+
+    def flush_figures(self) -> None:
+        """Draw the cell's inline matplotlib figures now, inside the cell, so that they are
+        kept too (the inline backend would draw them after the cell)."""
+        backend = sys.modules.get("matplotlib_inline.backend_inline")
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if backend is None or pyplot is None or "inline" not in str(pyplot.get_backend()):
+            return
+        backend.flush_figures()
+
+
+def _figure_numbers() -> set[int]:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    return set(pyplot.get_fignums()) if pyplot is not None else set()
+
+
+def _close_new_figures(before: set[int]) -> None:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        for num in set(pyplot.get_fignums()) - before:
+            pyplot.close(num)
+
+
+def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    from IPython.display import publish_display_data
+
+    publish_display_data(data, metadata)
