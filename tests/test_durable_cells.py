@@ -179,3 +179,22 @@ def test_names_that_share_objects_still_share_them(shell):
     _new_kernel(shell)
     shell.run(cell)
     assert shell.ns["holder"][0] is shell.ns["f"] and shell.ns["holder"][1]["f"] is shell.ns["f"]
+
+
+def test_a_cell_gets_a_timeline_only_when_it_records_steps(shell, monkeypatch):
+    from durablenb.widgets import live, timeline_widget
+
+    displayed: list = []
+    monkeypatch.setattr(timeline_widget, "in_kernel", lambda: True)
+    monkeypatch.setattr(timeline_widget.TimelineWidget, "show",
+                        lambda self: displayed.append(self) or self)  # fmt: skip
+    live.enable()
+    try:
+        shell.run("%%durable --id plain\nx = 1\n")
+        assert displayed == []  # no steps: no empty "0 steps" timeline
+        shell.run("import durablenb as dnb\n@dnb.step\ndef one():\n    return 1\n")
+        shell.run("%%durable --id stepped\ny = one()\n")
+        assert [w.workflow_id for w in displayed] == ["stepped"]
+        assert [s["state"] for s in displayed[0].steps] == ["succeeded"]
+    finally:
+        live.disable()

@@ -39,17 +39,25 @@ class AutoTimelines(events.Listener):
     def workflow_started(self, run: Any) -> None:
         widget = _widgets.get(run.id)
         if widget is None:
-            if not run.store.settings.timeline:
+            if run.name.startswith(CELL_PREFIX):  # a cell: a timeline once it has a step
                 return
-            if run.parent_id is not None or threading.current_thread() is not threading.main_thread():
-                return
-            widget = self._new(run.id)
+            widget = self._start(run)
             if widget is None:
                 return
         widget.set_status("running")
 
+    def _start(self, run: Any) -> Any:
+        """A new timeline for a top-level workflow run from a cell (None if not wanted)."""
+        if not run.store.settings.timeline:
+            return None
+        if run.parent_id is not None or threading.current_thread() is not threading.main_thread():
+            return None
+        return self._new(run.id)
+
     def step_started(self, run: Any, position: int, name: str, kind: str) -> None:
         widget = _widgets.get(run.id)
+        if widget is None and run.name.startswith(CELL_PREFIX) and run.id in events.active_runs:
+            widget = self._start(run)
         if widget is not None:
             import time
 
@@ -77,6 +85,9 @@ class AutoTimelines(events.Listener):
         if widget is not None:
             widget.set_status(status, final=True)
 
+
+#: Names of the workflows of ``%%durable`` cells.
+CELL_PREFIX = "%%durable:"
 
 _listener = AutoTimelines()
 
