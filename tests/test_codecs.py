@@ -373,6 +373,7 @@ def test_polars_frames_round_trip_through_arrow(run_child, effects, sql, schema)
     assert all(c.startswith("arrow") for c in codecs_used)
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 @pytest.mark.parametrize("big", [False, True])
 def test_ndarray_subclasses_keep_their_type_and_mask(schema, big):
     import numpy as np
