@@ -198,3 +198,26 @@ def test_a_cell_gets_a_timeline_only_when_it_records_steps(shell, monkeypatch):
         assert [s["state"] for s in displayed[0].steps] == ["succeeded"]
     finally:
         live.disable()
+
+
+def test_the_global_state_a_cell_changed_comes_back(shell, tmp_path):
+    import os
+    import random
+
+    import numpy as np
+
+    start = os.getcwd()
+    cell = (f"%%durable --id seeded\nimport os, random\nimport numpy as np\nnp.random.seed(3)\n"
+            f"random.seed(4)\nos.chdir({str(tmp_path)!r})\n")  # fmt: skip
+    try:
+        shell.run(cell)
+        expected = (np.random.random(), random.random())
+        _new_kernel(shell)
+        np.random.seed(99)
+        random.seed(99)
+        os.chdir(start)
+        shell.run(cell)  # restored, not run: the state it left is put back
+        assert (np.random.random(), random.random()) == expected
+        assert os.getcwd() == str(tmp_path)
+    finally:
+        os.chdir(start)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import os
+import pickle
 import sys
 import tokenize
 import types
+import warnings
 from typing import Any
 
 from .. import codecs
@@ -188,11 +191,13 @@ class _Parts:
         """Run the cell; names it only read but changed in place join the recorded ones."""
         __tracebackhide__ = True
         before = {n: fp for n in self.reads if n in self.ns and (fp := fingerprint(self.ns[n]))}
+        state = global_state()
         exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
         value = None
         if self.last is not None:
             value = eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
         self.names += [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
+        self.changed_state = {k: v for k, v in global_state().items() if _dumped(v) != _dumped(state.get(k))}
         return value
 
     def record(self) -> dict[str, Any]:
@@ -221,7 +226,9 @@ class _Parts:
                 skipped.append(n)
                 continue
             recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
-        return {"names": recorded, "skipped": skipped, "grouped": list(together) if GROUP in recorded else []}
+        grouped = list(together) if GROUP in recorded else []
+        return {"names": recorded, "skipped": skipped, "grouped": grouped,
+                "state": getattr(self, "changed_state", {})}  # fmt: skip
 
     def restore(self, out: dict[str, Any]) -> list[str]:
         """Show what the cell printed, re-run its definitions, restore its names; the names
@@ -243,6 +250,7 @@ class _Parts:
         _close_new_figures(figures)  # unpickled figures would be drawn again
         self.ns.update(decoded.pop(GROUP, {}))
         self.ns.update(decoded)
+        set_global_state(out.get("state", {}))
         for stream in ("stdout", "stderr"):
             if out.get(stream):
                 getattr(sys, stream).write(out[stream])
@@ -357,3 +365,45 @@ def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
     from IPython.display import publish_display_data
 
     publish_display_data(data, metadata)
+
+
+def global_state() -> dict[str, Any]:
+    """What a cell can change besides its names: the random generators of ``random`` and
+    of NumPy, the working directory, matplotlib's rcParams (of the modules imported)."""
+    import random
+
+    state: dict[str, Any] = {"random": random.getstate(), "cwd": os.getcwd()}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        state["numpy.random"] = numpy.random.get_state()
+    mpl = sys.modules.get("matplotlib")
+    if mpl is not None and hasattr(mpl, "rcParams"):
+        state["rcParams"] = {k: v for k, v in mpl.rcParams.items() if k != "backend"}
+    return state
+
+
+def set_global_state(state: dict[str, Any]) -> None:
+    """Put back what `global_state` recorded (what a restored cell had changed)."""
+    import random
+
+    if "random" in state:
+        random.setstate(state["random"])
+    if "cwd" in state and os.path.isdir(state["cwd"]):
+        os.chdir(state["cwd"])
+    if "numpy.random" in state:
+        import numpy
+
+        numpy.random.set_state(state["numpy.random"])
+    if "rcParams" in state:
+        import matplotlib
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            matplotlib.rcParams.update(state["rcParams"])
+
+
+def _dumped(value: Any) -> bytes | None:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001  (cannot compare: take it as changed)
+        return None
