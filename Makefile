@@ -64,6 +64,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/load_ext.py
 	$(PY) bench/large_outputs.py
 	$(PY) bench/digest.py
+	$(PY) bench/cell_restore.py
 
 clean:
 	rm -rf $(VENV) .durablenb-demo build *.egg-info

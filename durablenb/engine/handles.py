@@ -20,7 +20,8 @@ from .checkpoint import Call, Done, open_slot
 from .context import _explicit_id, current
 from .defs import Workflow
 from .identity import args_digest, check_id
-from .replay import _top_level, encode_inputs, execute, execute_async, inputs_for, recorded_outcome
+from .inputs import encode_inputs, inputs_for
+from .replay import _top_level, execute, execute_async, recorded_outcome
 
 _pool_lock = threading.Lock()
 _pool: cf.ThreadPoolExecutor | None = None

@@ -40,48 +40,15 @@ from .checkpoint import raise_recorded as raise_recorded
 from .context import WorkflowRun, _current, _explicit_id, enclosing, in_step, snapshot_threads
 from .defs import Workflow
 from .identity import args_digest, check_id, default_workflow_id
+from .inputs import NO_INPUTS, Inputs, inputs_for, record_inputs
 
 logger = logging.getLogger("durablenb")
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
-#: A new workflow's inputs: encoded, or to encode once its run is known to be new.
-Inputs = values.Stored | values.Deferred
-_NO_INPUTS = values.Stored(None, None, None, 0)  # type: ignore[arg-type]
 
 
 # -- calls ------------------------------------------------------------------------------------
-
-
-def encode_inputs(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs) -> values.Stored:
-    """The encoded inputs of a new workflow; `UnserializableArgumentsError` before anything runs."""
-    try:
-        return values.encode_value(store, (tuple(args), dict(kwargs)), (wid, "inputs"), wid)
-    except codecs.EncodingError as exc:
-        where, cause = _culprit(args, kwargs, exc)
-        raise UnserializableArgumentsError(
-            f"{where} of workflow {spec.name!r} cannot be recorded: {cause}"
-        ) from None
-
-
-def _culprit(args: Args, kwargs: Kwargs, exc: Exception) -> tuple[str, Exception]:
-    """Which argument could not be encoded (``arguments[1]``, ``path=``), and why."""
-    named = [(f"arguments[{i}]", a) for i, a in enumerate(args)]
-    named += [(f"{k}=", v) for k, v in kwargs.items()]
-    for label, value in named:
-        try:
-            codecs.encode(value)
-        except codecs.EncodingError as err:
-            return f"argument {label} ({type(value).__module__}.{type(value).__qualname__})", err
-    return "the arguments", exc
-
-
-def inputs_for(store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs) -> Inputs:
-    """The inputs of *wid*, encoded now when they are small; large ones (a blob to write)
-    are encoded only once a new run is known to need them."""
-    if values.estimated_size(args, kwargs) < store.settings.blob_threshold:
-        return encode_inputs(store, spec, wid, args, kwargs)
-    return values.Deferred(lambda: encode_inputs(store, spec, wid, args, kwargs))
 
 
 def _top_level(spec: Workflow, args: Args, kwargs: Kwargs) -> tuple[Store, str, str | None, Inputs]:
@@ -165,6 +132,9 @@ def execute(
 
     *durability*: the starting workflow's, when *spec* does not choose one."""
     __tracebackhide__ = True
+    done = _finished(store, spec, wid, digest, parent is None and parent_id is None)
+    if done is not None:
+        return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
@@ -183,6 +153,9 @@ async def execute_async(
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
     __tracebackhide__ = True
+    done = _finished(store, spec, wid, digest, parent is None and parent_id is None)
+    if done is not None:
+        return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
@@ -192,6 +165,22 @@ async def execute_async(
     finally:
         lease.close()
         store.clear_cancelled(wid)
+
+
+def _finished(
+    store: Store, spec: Workflow, wid: str, digest: str | None, own_call: bool
+) -> WorkflowRow | None:
+    """The row of *wid* when it finished and the planner says its outcome stands; read in
+    one round trip, without taking its lock (a rerun of a finished cell is one query)."""
+    if not own_call:
+        return None
+    found = store.finished(wid)
+    if found is None:
+        return None
+    row, records = found
+    _check_identity(row, spec, wid, digest)
+    plan = planner.plan(row, records, definitions(spec, own_call=True))
+    return row if plan.action == "outcome" else None
 
 
 def _lease(store: Store, spec: Workflow, wid: str, parent: WorkflowRun | None,
@@ -223,7 +212,7 @@ def _open(
     """Lock and plan *wid*: a run to execute, or the row whose recorded outcome to return."""
     parent_id = parent.id if parent is not None else parent_id
     deferred = inputs if isinstance(inputs, values.Deferred) else None
-    now = _NO_INPUTS if isinstance(inputs, values.Deferred) else inputs
+    now = NO_INPUTS if isinstance(inputs, values.Deferred) else inputs
     new = NewWorkflow(id=wid, name=spec.name, args_digest=digest, inputs=now.data,
                       inputs_codec=now.codec, inputs_checksum=now.checksum,
                       code_hash=spec.code_hash, executor=runtime.executor_id(), parent_id=parent_id,
@@ -240,7 +229,7 @@ def _open(
     if created:
         if deferred is not None:
             try:
-                _record_inputs(lease, deferred)
+                record_inputs(lease, deferred)
             except UnserializableArgumentsError:
                 lease.unbegin()  # nothing ran: leave no record behind, as for small inputs
                 raise
@@ -251,7 +240,7 @@ def _open(
         row, records = lease.load()
         _check_identity(row, spec, wid, digest)
         if deferred is not None and row.inputs_codec is None:  # the run that began it died first
-            _record_inputs(lease, deferred)
+            record_inputs(lease, deferred)
         plan = planner.plan(row, records, definitions(spec, own_call=parent_id is None))
         if plan.action == "outcome":
             return row
@@ -261,11 +250,6 @@ def _open(
     if _faults.ACTIVE:
         _faults.point("workflow.begun")
     return run
-
-
-def _record_inputs(lease: Lease, deferred: values.Deferred) -> None:
-    stored = deferred.encode()
-    lease.set_inputs(stored.data, stored.codec, stored.checksum, stored.blob)
 
 
 def _check_identity(row: WorkflowRow, spec: Workflow, wid: str, digest: str | None) -> None:

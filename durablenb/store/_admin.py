@@ -42,6 +42,25 @@ class AdminMixin:
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s", [workflow_id]
             ).fetchone()
 
+    def finished(self, workflow_id: str) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
+        """The record and step records of *workflow_id* if it finished (succeeded or failed),
+        in one round trip and without its lock: a finished record only changes when a new
+        run takes the lock, which a caller that finds something to run does first."""
+        s = self.qschema
+        with self.connection() as conn, conn.pipeline():
+            wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
+            wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
+                       "AND status IN ('succeeded', 'failed')", [workflow_id])  # fmt: skip
+            st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
+            st.execute(f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %s AND EXISTS "
+                       f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %s AND f.status IN "
+                       "('succeeded', 'failed')) ORDER BY position", [workflow_id, workflow_id])  # fmt: skip
+            row = wf.fetchone()
+            steps = st.fetchall()
+        if row is None:
+            return None
+        return row, {rec.position: rec for rec in steps}
+
     def get_steps(self, workflow_id: str) -> dict[int, StepRecord]:
         """Every step record of *workflow_id*, by position."""
         with self.connection() as conn:
