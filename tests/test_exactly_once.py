@@ -49,7 +49,7 @@ def test_a_transaction_whose_output_cannot_be_recorded_rolls_back(run_child, led
     first = run_child(UNENCODABLE_TXN, "run")
     assert first.stdout.strip() == "UnserializableOutputError", first.stderr
     assert ledger() == {}  # the body's insert rolled back with the failed record
-    again = run_child(UNENCODABLE_TXN, "resume")  # resume re-runs the failed transaction
+    again = run_child(UNENCODABLE_TXN, "resume")  # resume retries the failed transaction
     assert again.stdout.strip() == "UnserializableOutputError", again.stderr
     assert ledger() == {}
 

@@ -179,3 +179,39 @@ def test_a_finished_workflow_answers_from_its_record_without_its_lock(schema, sq
     finally:
         sql.execute("SELECT pg_advisory_unlock(%s)", [store.lock_key(wf.id_for())])
     assert calls["one"] == 1
+
+
+def test_resume_of_a_failed_workflow_reruns_what_followed_the_failure(schema, calls):
+    """The workflow caught a failure and acted on it before failing: resuming it after the
+    fix must not replay what it did on the strength of that failure."""
+    broken = {"on": True}
+
+    @dnb.step
+    def fetch():
+        calls("fetch")
+        if broken["on"]:
+            raise ConnectionError("service down")
+        return "fresh"
+
+    @dnb.step
+    def note(source):
+        calls("note")
+        return f"used {source}"
+
+    @dnb.workflow(on_failure="replay")  # resume retries all the same
+    def report():
+        try:
+            source = fetch()
+        except ConnectionError:
+            source = "stale cache"
+        used = note(source)
+        if source != "fresh":
+            raise RuntimeError(used)
+        return used
+
+    with pytest.raises(RuntimeError, match="used stale cache"):
+        report()
+    broken["on"] = False
+    assert dnb.resume(report.id_for()).result(timeout=30) == "used fresh"
+    assert (calls["fetch"], calls["note"]) == (2, 2)
+    assert runtime.store().get_workflow(report.id_for() + "~1").status == "superseded"

@@ -204,7 +204,7 @@ def _row(workflow_id: str) -> Any:
     return row
 
 
-def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
+def _start_recorded(wf: Workflow, row: Any, wid: str, retry: bool = False) -> WorkflowHandle:
     store = runtime.store()
     args, kwargs = values.decode_value(store, row.inputs_codec, row.inputs, row.inputs_checksum,
                                        row.inputs_blob, f"inputs of workflow {row.id!r}",
@@ -212,7 +212,7 @@ def _start_recorded(wf: Workflow, row: Any, wid: str) -> WorkflowHandle:
     inputs = values.Stored(row.inputs_codec, None if row.inputs is None else bytes(row.inputs),
                            row.inputs_checksum, 0, row.inputs_blob)  # fmt: skip
     return launch(wf, wid, tuple(args), dict(kwargs), None, inputs, store=store,
-                  position=row.parent_position, parent_id=row.parent_id)  # fmt: skip
+                  position=row.parent_position, parent_id=row.parent_id, retry=retry)  # fmt: skip
 
 
 def output(workflow_id: str, step: int | str) -> Any:
@@ -241,17 +241,19 @@ def output(workflow_id: str, step: int | str) -> Any:
 def resume(workflow_id: str) -> WorkflowHandle:
     """Run a recorded workflow again from its recorded inputs, in the background.
 
-    An interrupted workflow continues from its last recorded step. A failed or cancelled one
-    is reopened: its recorded step failures are dropped so those steps run again.
+    An interrupted workflow continues from its last recorded step. A failed one runs again
+    from its first failed step (whatever its ``on_failure``; the failed run is kept as
+    ``ID~N``). A cancelled one is reopened: its recorded step failures are dropped so those
+    steps run again.
     """
     row = _row(workflow_id)
     wf = _spec_for(row.name)
     store = runtime.store()
     if row.status == "running" and store.is_held(workflow_id):
         raise WorkflowBusyError(workflow_id, row.executor)
-    if row.status in ("failed", "cancelled"):
+    if row.status == "cancelled":
         store.reopen(workflow_id)
-    return _start_recorded(wf, row, workflow_id)
+    return _start_recorded(wf, row, workflow_id, retry=row.status == "failed")
 
 
 def cancel(workflow_id: str) -> bool:

@@ -46,6 +46,8 @@ class Definitions:
     step_code: Callable[[str], str | None]
     #: A workflow recorded as failed runs again from its first failed step.
     retry_failed: bool = False
+    #: The retry was asked for (`dnb.resume`): even an unrecordable output's step re-runs.
+    retry_asked: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def plan(row: WorkflowRow | None, records: Mapping[int, StepRecord], defs: Defin
         change = change if refresh else None
     fork_at, why = change if change is not None else (None, None)
     failed = first_failure(records) if row.status == "failed" and defs.retry_failed else None
-    if failed is not None and fork_at is None and not body and _unencodable(records[failed[0]]):
+    if (failed is not None and fork_at is None and not body and not defs.retry_asked
+            and _unencodable(records[failed[0]])):
         # The step ran and returned a value that cannot be recorded: running it again
         # unchanged would repeat its effects to fail the same way. A code change forks.
         return Plan("outcome", on_change=defs.on_change)

@@ -2,11 +2,10 @@
 
 A call owns the workflow (its lease), reads what is recorded, and asks the planner
 (`planner.plan`) what to do: run it, return the recorded outcome, run a finished workflow
-again because its code changed, or resume an interrupted one. The body then runs with its
-`WorkflowRun` in a context variable; every step call inside it goes through the checkpoint
-protocol (`checkpoint.py`), which replays the recorded positions and records the new ones.
-The outcome is recorded durably before the call returns; if a cancel committed first, the
-caller gets `WorkflowCancelledError`, as the record says.
+again (its code changed, or it failed), or resume an interrupted one. The body then runs
+with its `WorkflowRun` in a context variable; every step call inside it goes through the
+checkpoint protocol (`checkpoint.py`). The outcome is recorded durably before the call
+returns; if a cancel committed first, the caller gets `WorkflowCancelledError`.
 """
 
 from __future__ import annotations
@@ -126,18 +125,18 @@ async def call_workflow_async(spec: Workflow, args: Args, kwargs: Kwargs) -> Any
 def execute(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
     inputs: Inputs, parent: WorkflowRun | None = None, position: int | None = None,
-    parent_id: str | None = None, durability: str | None = None,
+    parent_id: str | None = None, durability: str | None = None, retry: bool = False,
 ) -> Any:  # fmt: skip
     """Own *wid*, then run or resume it; returns its output (or its recorded outcome).
-
-    *durability*: the starting workflow's, when *spec* does not choose one."""
+    *durability*: the caller's, unless *spec* chooses one. *retry*: a failed workflow runs
+    again from its first failure whatever *spec* says (`dnb.resume`)."""
     __tracebackhide__ = True
-    done = _finished(store, spec, wid, digest, parent is None and parent_id is None)
+    done = _finished(store, spec, wid, digest, parent is None and parent_id is None, retry)
     if done is not None:
         return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
-        opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
+        opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)
         if isinstance(opened, WorkflowRow):
             return recorded_outcome(opened, store)
         return _run_body(opened, spec, args, kwargs)
@@ -149,16 +148,16 @@ def execute(
 async def execute_async(
     store: Store, spec: Workflow, wid: str, args: Args, kwargs: Kwargs, digest: str | None,
     inputs: Inputs, parent: WorkflowRun | None = None, position: int | None = None,
-    parent_id: str | None = None, durability: str | None = None,
+    parent_id: str | None = None, durability: str | None = None, retry: bool = False,
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
     __tracebackhide__ = True
-    done = _finished(store, spec, wid, digest, parent is None and parent_id is None)
+    done = _finished(store, spec, wid, digest, parent is None and parent_id is None, retry)
     if done is not None:
         return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
-        opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id)
+        opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)
         if isinstance(opened, WorkflowRow):
             return recorded_outcome(opened, store)
         return await _run_body_async(opened, spec, args, kwargs)
@@ -168,18 +167,17 @@ async def execute_async(
 
 
 def _finished(
-    store: Store, spec: Workflow, wid: str, digest: str | None, own_call: bool
+    store: Store, spec: Workflow, wid: str, digest: str | None, own_call: bool, retry: bool = False
 ) -> WorkflowRow | None:
-    """The row of *wid* when it finished and the planner says its outcome stands; read in
-    one round trip, without taking its lock (a rerun of a finished cell is one query)."""
-    if not own_call:
+    """The row of *wid* if it finished and its outcome stands: one query, no lock."""
+    if not own_call and not retry:
         return None
     found = store.finished(wid)
     if found is None:
         return None
     row, records = found
     _check_identity(row, spec, wid, digest)
-    plan = planner.plan(row, records, definitions(spec, own_call=True))
+    plan = planner.plan(row, records, definitions(spec, own_call=True, retry=retry))
     return row if plan.action == "outcome" else None
 
 
@@ -193,21 +191,23 @@ def _lease(store: Store, spec: Workflow, wid: str, parent: WorkflowRun | None,
                        durability=spec.durability or durability)  # fmt: skip
 
 
-def definitions(spec: Workflow, own_call: bool = True) -> planner.Definitions:
+def definitions(spec: Workflow, own_call: bool = True, retry: bool = False) -> planner.Definitions:
     """What this process defines for *spec* and its steps, for the planner. *own_call*: the
-    workflow is called by itself, not replayed by a parent (only then may a failure retry)."""
+    workflow is called by itself, not replayed by a parent (only then may a failure retry);
+    *retry*: a retry of a failure was asked for (`dnb.resume`), whatever *spec* says."""
 
     def step_code(name: str) -> str | None:
         current = runtime.registered_step(name)
         return current.code_hash if current is not None else None
 
     return planner.Definitions(spec.code_hash, spec.on_change, step_code,
-                               retry_failed=own_call and spec.on_failure == "retry")  # fmt: skip
+                               retry_failed=retry or (own_call and spec.on_failure == "retry"),
+                               retry_asked=retry)  # fmt: skip
 
 
 def _open(
     store: Store, spec: Workflow, lease: Lease, wid: str, digest: str | None, inputs: Inputs,
-    parent: WorkflowRun | None, position: int | None, parent_id: str | None,
+    parent: WorkflowRun | None, position: int | None, parent_id: str | None, retry: bool = False,
 ) -> WorkflowRun | WorkflowRow:  # fmt: skip
     """Lock and plan *wid*: a run to execute, or the row whose recorded outcome to return."""
     parent_id = parent.id if parent is not None else parent_id
@@ -241,7 +241,7 @@ def _open(
         _check_identity(row, spec, wid, digest)
         if deferred is not None and row.inputs_codec is None:  # the run that began it died first
             record_inputs(lease, deferred)
-        plan = planner.plan(row, records, definitions(spec, own_call=parent_id is None))
+        plan = planner.plan(row, records, definitions(spec, own_call=parent_id is None, retry=retry))
         if plan.action == "outcome":
             return row
         run = WorkflowRun(wid, spec.name, store, lease, records, plan, row.lineage, parent_id, parent,
