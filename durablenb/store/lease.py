@@ -177,7 +177,7 @@ class Lease:
         s = self.q.s
         row = conn.execute(
             f"SELECT pg_try_advisory_lock(%s), EXISTS (SELECT 1 FROM {s}.workflows WHERE id = %s), "
-            f"(SELECT count(*) FROM {s}.steps WHERE workflow_id = %s AND position = ANY(%s))",
+            f"ARRAY(SELECT position FROM {s}.steps WHERE workflow_id = %s AND position = ANY(%s))",
             [self.key, self.workflow_id, self.workflow_id, self.unflushed],
         ).fetchone()
         if not row or not row[0]:  # another executor took the workflow over meanwhile
@@ -185,18 +185,10 @@ class Lease:
             self.locked = False
             raise WorkflowBusyError(self.workflow_id)
         self.conn, self.locked = conn, True
-        lost = [] if row[2] == len(self.unflushed) else self._lost_positions()
+        kept = set(row[2])
+        lost = [p for p in self.unflushed if p not in kept]
         if (self.unflushed_row and not row[1]) or lost:
             raise RecordsLostError(self.workflow_id, lost, row_lost=self.unflushed_row and not row[1])
-
-    def _lost_positions(self) -> list[int]:
-        """Which of the unflushed positions have no record any more."""
-        found = self._c.execute(
-            f"SELECT position FROM {self.q.s}.steps WHERE workflow_id = %s AND position = ANY(%s)",
-            [self.workflow_id, self.unflushed],
-        ).fetchall()
-        kept = {r[0] for r in found}
-        return [p for p in self.unflushed if p not in kept]
 
     def _run(self, sql: str, params: Any) -> None:
         def op() -> None:
