@@ -165,6 +165,37 @@ def run_child(tmp_path: Path, effects: Effects, schema: str):
     return run
 
 
+class Shell:
+    """An in-process IPython shell whose ``run`` raises the cell's error."""
+
+    def __init__(self) -> None:
+        from IPython.core.interactiveshell import InteractiveShell
+
+        self.ip = InteractiveShell.instance()
+        self.ip.reset()
+
+    def run(self, cell: str):
+        result = self.ip.run_cell(cell, store_history=True)
+        if result.error_before_exec:
+            raise result.error_before_exec
+        if result.error_in_exec:
+            raise result.error_in_exec
+        return result.result
+
+    @property
+    def ns(self):
+        return self.ip.user_ns
+
+
+@pytest.fixture
+def shell(schema, capsys):
+    """A shell with ``%load_ext durablenb``, on this test's schema."""
+    sh = Shell()
+    sh.run("%load_ext durablenb")
+    yield sh
+    sh.run("%unload_ext durablenb")
+
+
 class Database:
     """Stops and starts the database the tests run on (a real server restart)."""
 

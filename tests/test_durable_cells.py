@@ -4,20 +4,10 @@ never fails (a name that cannot be restored makes the cell run again)."""
 
 from __future__ import annotations
 
-import pytest
-
 from durablenb.engine import values
 
-from .test_ipython import Shell
+from .conftest import Shell
 from .test_kernels import _no_traceback, kernels  # noqa: F401  (a fixture)
-
-
-@pytest.fixture
-def shell(schema):
-    sh = Shell()
-    sh.run("%load_ext durablenb")
-    yield sh
-    sh.run("%unload_ext durablenb")
 
 
 def _new_kernel(shell: Shell) -> None:

@@ -338,7 +338,7 @@ def test_unencodable_step_output_is_a_clear_error_and_not_rerun_silently(schema,
     assert "opens_lock" in str(info.value) and "lock" in str(info.value)
     assert info.value.step.endswith("opens_lock")
     with pytest.raises(dnb.UnserializableOutputError):
-        wf()
+        wf()  # a failed workflow is retried when called again, but not for this failure
     assert calls["opens"] == 1
 
 

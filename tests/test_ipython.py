@@ -6,7 +6,6 @@ import linecache
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 import durablenb as dnb
 from durablenb.engine import hashing, runtime
@@ -14,34 +13,7 @@ from durablenb.errors import WorkflowNotFoundError
 from durablenb.ipython import _complete, _source_from_history
 from durablenb.ipython.commands import parse_duration
 
-
-class Shell:
-    """An IPython shell whose ``run`` raises the cell's error."""
-
-    def __init__(self) -> None:
-        self.ip = InteractiveShell.instance()
-        self.ip.reset()
-
-    def run(self, cell: str):
-        result = self.ip.run_cell(cell, store_history=True)
-        if result.error_before_exec:
-            raise result.error_before_exec
-        if result.error_in_exec:
-            raise result.error_in_exec
-        return result.result
-
-    @property
-    def ns(self):
-        return self.ip.user_ns
-
-
-@pytest.fixture
-def shell(schema, capsys):
-    sh = Shell()
-    sh.run("%load_ext durablenb")
-    yield sh
-    sh.run("%unload_ext durablenb")
-
+from .conftest import Shell
 
 DEFS = """
 import durablenb as dnb

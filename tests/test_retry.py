@@ -84,24 +84,6 @@ def test_a_body_that_failed_outside_any_step_runs_again_its_steps_replayed(schem
     assert calls["fetch"] == 1
 
 
-def test_an_unrecordable_output_is_not_retried_without_a_code_change(schema, calls):
-    import threading
-
-    @dnb.step
-    def opens_lock():
-        calls("opens")
-        return threading.Lock()
-
-    @dnb.workflow
-    def wf():
-        return opens_lock()
-
-    for _ in range(2):
-        with pytest.raises(dnb.UnserializableOutputError):
-            wf()
-    assert calls["opens"] == 1  # running it again unchanged would only repeat its effects
-
-
 def test_a_failed_child_replays_inside_its_resumed_parent(run_child, effects):
     """The parent caught its child's failure and was killed before it finished: resuming it
     must replay the failure (the parent may have acted on it), not retry the child."""
@@ -149,16 +131,6 @@ def test_a_failed_cell_runs_again_once_fixed(shell, tmp_path):
     shell.run(cell)
     assert shell.ip.user_ns["rates"] == ["1", "2", "3"]
     assert runtime.store().get_workflow("rates").status == "succeeded"
-
-
-@pytest.fixture
-def shell(schema):
-    from .test_ipython import Shell
-
-    sh = Shell()
-    sh.run("%load_ext durablenb")
-    yield sh
-    sh.run("%unload_ext durablenb")
 
 
 def test_a_finished_workflow_answers_from_its_record_without_its_lock(schema, sql, calls):

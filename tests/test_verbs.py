@@ -17,15 +17,6 @@ from durablenb._durations import format_seconds
 from durablenb.ipython.commands import COMMANDS, USAGE
 
 from .conftest import REPO
-from .test_ipython import Shell
-
-
-@pytest.fixture
-def shell(schema):
-    sh = Shell()
-    sh.run("%load_ext durablenb")
-    yield sh
-    sh.run("%unload_ext durablenb")
 
 
 @pytest.fixture
