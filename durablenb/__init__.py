@@ -46,6 +46,7 @@ from .errors import (
     RecordsLostError,
     SchemaVersionError,
     StorageError,
+    StorePermissionError,
     StoreUnavailableError,
     UnhashableArgumentsError,
     UnserializableArgumentsError,
@@ -87,5 +88,5 @@ __all__ = [
     "WorkflowCancelledError", "WorkflowConflictError", "WorkflowNotFoundError",
     "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
     "UnserializableOutputError", "RecordedError", "DurableUsageError", "InvalidIdError",
-    "StorageError", "UnhashableArgumentsError", "RecordsLostError",
+    "StorageError", "UnhashableArgumentsError", "RecordsLostError", "StorePermissionError",
 ]  # fmt: skip

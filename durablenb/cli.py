@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"durablenb {__version__}")
     p.add_argument("--dsn", help="a PostgreSQL URL")
-    p.add_argument("--schema", help="the schema holding the records (default durablenb)")
+    p.add_argument("--schema", help="the schema holding the records (default: durablenb_ROLE on a "
+                   "server, durablenb on the embedded one)")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="workflows, newest first")
     ls.add_argument("--status", help="statuses, comma-separated")
@@ -41,7 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     fk.add_argument("workflow_id")
     fk.add_argument("--from-step", type=int, required=True)
     sub.add_parser("recover", help="resume every interrupted workflow defined in this process")
-    sub.add_parser("info", help="where the records are, and how many")
+    sub.add_parser("info", help="where the records are, whose they are, and how many")
+    gr = sub.add_parser("grant", help="share this schema's records with another role (run by its owner)")
+    gr.add_argument("role")
+    level = gr.add_mutually_exclusive_group()
+    level.add_argument("--read", action="store_true",
+                       help="list and read workflows, steps and outputs (the default)")
+    level.add_argument("--write", action="store_true",
+                       help="also run, resume, cancel and forget workflows")
+    sub.add_parser("revoke", help="take back what grant gave a role").add_argument("role")
     gc = sub.add_parser("gc", help="delete finished workflows older than an age")
     gc.add_argument("--older-than", required=True, help="90s, 30m, 12h, 7d, 2w")
     return p
@@ -88,8 +97,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif cmd == "info":
             store = runtime.store()
             print(f"store:   {store.masked_dsn}\nschema:  {store.schema} (version {store.schema_version})")
+            access = store.access()
+            whose = "" if access.role == access.owner else f"; the schema belongs to {access.owner}"
+            print(f"role:    {access.role} ({access.level}{whose})")
+            if access.level == "owner":
+                shared = ", ".join(f"{r} ({level})" for r, level in store.shared_with())
+                print(f"shared:  {shared or 'with no other role'}")
             counts = store.status_counts()
             print("records: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+        elif cmd == "grant":
+            store = runtime.store()
+            given = store.grant(args.role, write=args.write)
+            what = "read and write (run, resume, cancel, forget)" if given == "write" else "read"
+            print(f"role {args.role} may now {what} the workflows of schema {store.schema}")
+        elif cmd == "revoke":
+            store = runtime.store()
+            store.revoke(args.role)
+            print(f"role {args.role} has no access to schema {store.schema} any more")
         elif cmd == "gc":
             print(f"{api.gc(parse_duration(args.older_than))} workflow record(s) removed")
     except (DurableError, ValueError, TypeError, LookupError) as exc:

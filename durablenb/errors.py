@@ -4,7 +4,8 @@ Every error a user can meet derives from `DurableError`::
 
     DurableError
     ├── StoreUnavailableError          the database cannot be reached (DSN shown, password masked)
-    │   └── RecordsLostError           a database crash lost records the running workflow wrote
+    │   ├── RecordsLostError           a database crash lost records the running workflow wrote
+    │   └── StorePermissionError       the connecting role may not read or write the schema
     ├── StorageError                   the blob store cannot be written or read (disk full, access)
     ├── SchemaVersionError             the database holds a newer durablenb schema than this code
     ├── CorruptRecordError             a stored record fails its checksum or cannot be decoded
@@ -34,6 +35,7 @@ __all__ = [
     "DurableError",
     "StoreUnavailableError",
     "RecordsLostError",
+    "StorePermissionError",
     "StorageError",
     "SchemaVersionError",
     "CorruptRecordError",
@@ -103,6 +105,23 @@ class RecordsLostError(StoreUnavailableError):
         self.workflow_id = workflow_id
         self.positions = list(positions)
         self.row_lost = row_lost
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+class StorePermissionError(StoreUnavailableError):
+    """The connecting *role* may not do this in *schema* (owned by *owner*): PostgreSQL
+    refused it (SQLSTATE 42501). Never retried, never recorded as an outcome; the message
+    says how to get access (``durablenb grant ROLE --read``, run by the owner)."""
+
+    def __init__(self, message: str, *, schema: str | None = None, role: str | None = None,
+                 owner: str | None = None, dsn: str | None = None) -> None:  # fmt: skip
+        super().__init__(message, dsn=dsn, sqlstate="42501")
+        self.schema = schema
+        self.role = role
+        self.owner = owner
 
     @property
     def transient(self) -> bool:

@@ -5,7 +5,7 @@ variable                       `Settings` field                    meaning (defa
 =============================  ==================================  =================================
 ``DURABLENB_DATABASE_URL``     ``database_url``                    a PostgreSQL server (embedded)
 ``DURABLENB_HOME``             ``home``                            embedded server's and blobs' folder
-``DURABLENB_SCHEMA``           ``schema``                          schema of the records (durablenb)
+``DURABLENB_SCHEMA``           ``schema``                          schema of the records (per role)
 ``DURABLENB_BLOB_URL``         ``blob_url``                        folder or fsspec URL of blobs
 ``DURABLENB_BLOB_THRESHOLD``   ``blob_threshold``                  bytes from which values are blobs
 ``DURABLENB_COMPRESSION``      ``compression``                     none, lz4 or zstd (per blob store)
@@ -67,7 +67,9 @@ class Settings:
 
     database_url: str | None = None
     home: Path | None = None
-    schema: str = "durablenb"
+    #: None: ``durablenb`` on the embedded server, ``durablenb_<role>`` on a server URL,
+    #: created by and owned by the connecting role (see `durablenb.store.role_schema`).
+    schema: str | None = None
     blob_url: str | None = None
     blob_threshold: int = 1 << 20
     #: None: each blob store's default; "none", "lz4" or "zstd" to override it.

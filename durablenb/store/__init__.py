@@ -17,7 +17,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import class_row
 
-from ..errors import StoreUnavailableError
+from ..errors import StorePermissionError, StoreUnavailableError
 from ..settings import Settings
 from ._admin import AdminMixin
 from ._dsn import mask_dsn, scrub
@@ -25,6 +25,7 @@ from ._gc import BlobGcMixin
 from ._lineage import LineageMixin
 from ._migrate import latest_version, migrate
 from ._notify import CancelListener
+from ._roles import DEFAULT_SCHEMA, Access, RolesMixin, default_schema, denied, inspect_access, role_schema
 from .blobs import BlobStore, open_blobs
 from .lease import Lease
 from .records import STEP_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
@@ -39,6 +40,8 @@ __all__ = [
     "Outcome",
     "mask_dsn",
     "latest_version",
+    "role_schema",
+    "Access",
     "is_disconnect",
     "RETRYABLE_SQL",
 ]
@@ -46,6 +49,10 @@ __all__ = [
 logger = logging.getLogger("durablenb")
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+#: Roles told, once per process, that they keep the shared ``durablenb`` schema of earlier
+#: versions.
+_LEGACY_TOLD: set[tuple[str, str]] = set()
 
 #: SQL errors a transaction retries by itself: serialization failures and deadlocks.
 RETRYABLE_SQL: tuple[type[psycopg.Error], ...] = (
@@ -145,12 +152,19 @@ class _Queries:
         return sql
 
 
-class Store(AdminMixin, LineageMixin, BlobGcMixin):
+class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
     """Durable records of workflows and steps in one PostgreSQL schema.
 
     *dsn*: a libpq connection string or URL. *settings*: the resolved `Settings` (schema,
     blob store, secret, retry budget…; default: from the environment). *max_size*: the
     most connections kept open.
+
+    The schema is *schema*, else ``settings.schema``, else ``durablenb`` on the embedded
+    server (*embedded_home* given) and the connecting role's own schema on a server
+    (`role_schema`: ``durablenb_<role>``, created on first use and owned by the role; a
+    role that owns the shared ``durablenb`` schema of earlier versions, with workflows in
+    it, and has no schema of its own keeps using it). A schema the role may not use is a
+    `StorePermissionError` (see `Store.grant`).
 
     Workflow ends commit synchronously: once acknowledged they survive any crash. Step
     records do too when the workflow's durability is ``full``; under ``kernel`` they commit
@@ -172,14 +186,16 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
     ) -> None:
         settings = settings or Settings.from_env()
         schema = schema or settings.schema
-        if not _SCHEMA_NAME.match(schema):
+        if schema is not None and not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}: use letters, digits and _")
         self.dsn = dsn
         self.settings = settings
-        self.schema = schema
-        self.qschema = '"' + schema + '"'
-        self._q = _Queries(self.qschema)
+        #: The connecting role (``current_user``), and what it may do in the schema
+        #: (`Access`: its owner, ``level`` owner, write, read or none) when it connected.
+        self.role: str | None = None
+        self.schema_access: Access | None = None
         self._cancelled: set[str] = set()
+        self._heard: set[int] = set()
         self._cancel_lock = threading.Lock()
         self.connect_timeout = connect_timeout
         #: How long record writes retry while the database is away before giving up.
@@ -192,8 +208,26 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
         except psycopg.Error as exc:  # unreachable, refused, or a malformed connection string
             raise self._unavailable(exc) from None
         with first, self._guard(first):
+            row = first.execute("SELECT current_user").fetchone()
+            self.role = row[0] if row else None
+            legacy = False
+            if schema is None and embedded_home is not None:
+                schema = DEFAULT_SCHEMA  # one user: the schema of every earlier version
+            elif schema is None:
+                schema, legacy = default_schema(first)
+            self._set_schema(schema)
+            if legacy and (self.masked_dsn, str(self.role)) not in _LEGACY_TOLD:
+                _LEGACY_TOLD.add((self.masked_dsn, str(self.role)))
+                logger.info(
+                    "durablenb: role %r keeps its records in the schema %r it owns (written before "
+                    "schemas per role); a role without one gets its own, %r here. Set "
+                    "DURABLENB_SCHEMA to choose.", self.role, schema, role_schema(str(self.role)),
+                )  # fmt: skip
+            self.schema_access = inspect_access(first, schema)
             self.server_version = first.info.server_version
-            self.schema_version = migrate(first, self.qschema, schema)
+            self.schema_version = migrate(first, self.qschema, schema, self.schema_access, self.masked_dsn)
+            if not self.schema_access.exists:  # created just now, by and for this role
+                self.schema_access = inspect_access(first, schema)
         self.pool = psycopg_pool.ConnectionPool(
             dsn,
             min_size=1,
@@ -201,7 +235,7 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
             kwargs={"autocommit": True},
             open=False,
             timeout=connect_timeout,
-            name=f"durablenb-{schema}",
+            name=f"durablenb-{self.schema}",
         )
         self.pool.open(wait=False)
         try:
@@ -209,8 +243,13 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
         except BaseException:
             self.pool.close()
             raise
-        self._listener = CancelListener(dsn, schema, self._on_cancel)
+        self._listener = CancelListener(dsn, self.schema, self.lock_key, self._on_cancel)
         self._listener.start()
+
+    def _set_schema(self, schema: str) -> None:
+        self.schema = schema
+        self.qschema = '"' + schema + '"'
+        self._q = _Queries(self.qschema)
 
     def __repr__(self) -> str:
         return f"<durablenb.Store {mask_dsn(self.dsn)!r} schema={self.schema!r}>"
@@ -242,6 +281,8 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
             if isinstance(e, psycopg.Error):
                 e._pgconn = None
             chain += [e.__cause__, e.__context__]
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return self._denied(scrub(detail, self.dsn))
         if isinstance(exc, psycopg.Error) and exc.sqlstate and not is_disconnect(exc):
             return StoreUnavailableError(
                 f"the durablenb store at {self.masked_dsn!r} failed: {scrub(detail, self.dsn)} "
@@ -253,6 +294,19 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
             f"cannot reach the durablenb store at {self.masked_dsn!r}: {scrub(detail, self.dsn)}",
             dsn=self.masked_dsn,
         )
+
+    def _denied(self, detail: str) -> StorePermissionError:
+        """A statement refused for lack of rights: which schema, which role, who owns it and
+        how to get access, with the server's one-line reason and no SQL."""
+        schema = getattr(self, "schema", None) or "?"
+        access = self.schema_access
+        if access is not None:  # the rights may have changed since connecting: ask again
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as conn:
+                    access = inspect_access(conn, schema)
+            except psycopg.Error:
+                pass
+        return denied(access, detail, self.masked_dsn, schema, self.role)
 
     @contextlib.contextmanager
     def _guard(self, conn: psycopg.Connection | None = None, *, user: bool = False) -> Iterator[None]:
@@ -278,17 +332,38 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin):
                 raise
             raise self._unavailable(exc) from exc
 
-    def _on_cancel(self, workflow_id: str) -> None:
+    def _on_cancel(self, key: int) -> None:
         with self._cancel_lock:
-            self._cancelled.add(workflow_id)
+            self._heard.add(key)
 
     def is_cancelled(self, workflow_id: str) -> bool:
-        """True once a cancel of *workflow_id* has been seen on any connection."""
+        """True once a cancel of *workflow_id* has been seen on any connection.
+
+        A notification only says that a workflow with this lock key may have been cancelled:
+        any role on the server can send one, so the record decides (one query, only for a
+        workflow a notification named)."""
+        if workflow_id in self._cancelled:
+            return True
+        if not self._heard:
+            return False
+        key = self.lock_key(workflow_id)
+        if key not in self._heard:
+            return False
+        try:
+            with self.connection() as conn:
+                row = conn.execute(self._q.status, [workflow_id]).fetchone()
+        except StoreUnavailableError:
+            return False  # asked again before the next step
+        with self._cancel_lock:
+            self._heard.discard(key)
+            if row is not None and row[0] == "cancelled":
+                self._cancelled.add(workflow_id)
         return workflow_id in self._cancelled
 
     def clear_cancelled(self, workflow_id: str) -> None:
         with self._cancel_lock:
             self._cancelled.discard(workflow_id)
+            self._heard.discard(self.lock_key(workflow_id))
 
     def _getconn(self) -> psycopg.Connection:
         with self._guard():

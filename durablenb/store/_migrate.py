@@ -8,8 +8,10 @@ import re
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 
 from ..errors import SchemaVersionError
+from ._roles import Access, check_open
 
 logger = logging.getLogger("durablenb")
 
@@ -48,10 +50,20 @@ def current_version(conn: psycopg.Connection, qschema: str, schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: psycopg.Connection, qschema: str, schema: str) -> int:
-    """Bring *schema* up to `latest_version`; refuse a newer schema. Returns the version."""
+def migrate(conn: psycopg.Connection, qschema: str, schema: str, access: Access | None = None,
+            dsn: str = "") -> int:  # fmt: skip
+    """Bring *schema* up to `latest_version`; refuse a newer schema. Returns the version.
+
+    *access*: what the connecting role may do there (`inspect_access`). A schema it cannot
+    use, or cannot upgrade, is a `StorePermissionError`. A schema created here is its own,
+    with every right taken from PUBLIC; a schema owned by a role it is a member of (a
+    superuser preparing a role's schema) is migrated as that role, so every table belongs
+    to the schema's owner.
+    """
     known = migrations()
     latest = known[-1][0]
+    if access is not None:
+        check_open(access, dsn, latest)
     version = current_version(conn, qschema, schema)
     if version > latest:
         raise SchemaVersionError(
@@ -60,10 +72,21 @@ def migrate(conn: psycopg.Connection, qschema: str, schema: str) -> int:
         )
     if version == latest:
         return version
+    as_owner = None
+    if access is not None:
+        check_open(access, dsn, latest, version)
+        if access.exists and access.member and access.owner and access.owner != access.role:
+            as_owner = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(access.owner))
     for number, name, text in known:
         with conn.transaction():
+            if as_owner is not None:
+                conn.execute(as_owner)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema)])
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qschema}")
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema])
+            if row.fetchone() == (False,):
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qschema}")
+                # No other role may use it until its owner grants access (durablenb grant).
+                conn.execute(f"REVOKE ALL ON SCHEMA {qschema} FROM PUBLIC")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {qschema}.schema_version ("
                 " version integer PRIMARY KEY,"
