@@ -9,7 +9,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from ._lineage import tree_cte
-from ._notify import CANCEL_CHANNEL
+from ._notify import CANCEL_CHANNEL, cancel_payload
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
 
 
@@ -115,7 +115,8 @@ class AdminMixin:
                 {"id": workflow_id},
             ).fetchall()
             for (wid,) in rows:
-                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, f"{self.schema}|{wid}"])
+                payload = cancel_payload(self.schema, self.lock_key(wid))  # no schema name, no id
+                conn.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, payload])
         return [wid for (wid,) in rows]
 
     def reopen(self, workflow_id: str) -> None:
