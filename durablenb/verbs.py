@@ -25,8 +25,13 @@ def workflow_table(frame: pd.DataFrame, notebook: bool = False) -> pd.DataFrame:
 
 
 def step_table(workflow_id: str) -> pd.DataFrame:
-    """The columns of `history.steps` a listing shows, durations as text."""
-    table = history.steps(workflow_id)[STEP_COLUMNS].copy()
+    """The columns of `history.steps` a listing shows, durations as text; a `dnb.map` item's
+    name with its label: ``fit_carrier[AA]``."""
+    steps = history.steps(workflow_id)
+    table = steps[STEP_COLUMNS].copy()
+    labelled = steps["label"].notna()
+    if labelled.any():
+        table["name"] = table["name"].where(~labelled, table["name"] + "[" + steps["label"] + "]")
     table["duration"] = format_durations(table["duration"])
     return table
 

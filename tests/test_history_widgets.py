@@ -65,9 +65,9 @@ def test_steps_frame_columns_dtypes_and_states(mixed):
     assert analysis() == 2 * sum(range(1000))
     st = dnb.steps(analysis.id_for())
     assert list(st.columns) == [
-        "workflow_id", "position", "name", "kind", "status", "started_at", "finished_at",
-        "duration", "attempts", "output_bytes", "codec", "error_type", "error_message",
-        "child_id", "code_hash",
+        "workflow_id", "position", "name", "label", "kind", "status", "started_at",
+        "finished_at", "duration", "attempts", "output_bytes", "codec", "error_type",
+        "error_message", "child_id", "code_hash",
     ]  # fmt: skip
     assert list(st["status"]) == ["replayed", "replayed", "failed", "succeeded"]  # failures stay failed
     assert list(st["attempts"]) == [1, 2, 1, 1]

@@ -5,7 +5,8 @@ Every kind of recorded position — step, transaction, child workflow, `dnb.star
 
 1. `open_slot` takes the next position (only in the workflow's own thread), asks the planner
    what is recorded there, and returns a `Slot`: either holding the record to replay, or
-   ready to run (after checking for a cancel).
+   ready to run (after checking for a cancel) and marked running. A `dnb.map` item's slot
+   is opened *queued*: it is marked running (`Slot.begin`) when a worker picks it up.
 2. The caller runs the body (`checkpoint` and `checkpoint_async` do it for one call; `map`
    runs many slots on a pool) and hands the outcome, a `Done`, to `Slot.close`.
 3. `Slot.close` builds the record (an output that cannot be encoded becomes a recorded
@@ -82,6 +83,8 @@ class Done:
 
     *ok* with *value* the output, else *value* the exception. *written*: the record the
     kind wrote itself; *winner*: a record another executor wrote first (ours was rolled back).
+    *started_at*: when the body began, measured where it ran (a worker process), else the
+    slot's own start time is recorded.
     """
 
     ok: bool
@@ -90,17 +93,29 @@ class Done:
     child_id: str | None = None
     written: StepRecord | None = None
     winner: StepRecord | None = None
+    started_at: float | None = None
 
 
 class Slot:
     """One position of a running workflow: replayed from its record, or run and recorded."""
 
-    def __init__(self, run: WorkflowRun, call: Call, position: int, recorded: StepRecord | None) -> None:
+    def __init__(
+        self, run: WorkflowRun, call: Call, position: int, recorded: StepRecord | None,
+        label: str | None = None,
+    ) -> None:  # fmt: skip
         self.run = run
         self.call = call
         self.position = position
         self.recorded = recorded
+        #: Which item of a `dnb.map` this is; recorded, not compared on replay.
+        self.label = label
         self.started_at = time.time()
+
+    def begin(self, started_at: float | None = None) -> None:
+        """Mark the position running, since *started_at* (default: now). Any thread may: a
+        queued `dnb.map` item is marked by the worker that picked it up, or later."""
+        self.started_at = time.time() if started_at is None else started_at
+        note_running(self.run, self.position, self.call.name, self.call.kind, self.started_at, self.label)
 
     def replay(self) -> Any:
         """The recorded outcome: the output, or the recorded exception raised."""
@@ -113,10 +128,11 @@ class Slot:
         """The record of *done* (an output that cannot be encoded is recorded as an
         `UnserializableOutputError`, which becomes *done*'s outcome)."""
         run, call = self.run, self.call
+        started = self.started_at if done.started_at is None else done.started_at
         rec = StepRecord(workflow_id=run.id, position=self.position, name=call.name, kind=call.kind,
                          status="succeeded", attempts=done.attempts, code_hash=call.code,
-                         child_id=done.child_id, started_at=self.started_at,
-                         finished_at=time.time())  # fmt: skip
+                         child_id=done.child_id, started_at=started, finished_at=time.time(),
+                         label=self.label)  # fmt: skip
         place = (run.lineage, self.position)
         if done.ok:
             try:
@@ -162,8 +178,14 @@ class Slot:
         self.run.running.pop(self.position, None)
 
 
-def open_slot(run: WorkflowRun, call: Call, position: int | None = None) -> Slot:
-    """Take a position for *call* (or use *position*, reserved earlier) and plan it."""
+def open_slot(
+    run: WorkflowRun, call: Call, position: int | None = None, *, queued: bool = False,
+    label: str | None = None,
+) -> Slot:  # fmt: skip
+    """Take a position for *call* (or use *position*, reserved earlier) and plan it.
+
+    A slot to run is marked running now, or, *queued*, only when `Slot.begin` is called
+    (a `dnb.map` item waiting for a worker). *label*: recorded with the step."""
     __tracebackhide__ = True
     check_thread(run, f"{call.kind} {call.name!r}")
     pos = run.take() if position is None else position
@@ -172,11 +194,12 @@ def open_slot(run: WorkflowRun, call: Call, position: int | None = None) -> Slot
     if isinstance(decision, planner.Fork):
         fork_run(run, decision)
         decision = None
-    slot = Slot(run, call, pos, decision)
+    slot = Slot(run, call, pos, decision, label)
     if decision is None:
         if run.is_cancelled():
             raise WorkflowCancelledError(run.id)
-        note_running(run, pos, call.name, call.kind, slot.started_at)
+        if not queued:
+            slot.begin()
     return slot
 
 

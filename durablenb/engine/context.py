@@ -42,8 +42,8 @@ class WorkflowRun:
     position: int = 0
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Steps executing now: position -> (name, kind, started at).
-    running: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    #: Steps executing now: position -> (name, kind, started at, label).
+    running: dict[int, tuple[str, str, float, str | None]] = field(default_factory=dict)
     #: Set once a record write or notification shows the workflow was cancelled.
     cancelled: bool = False
     #: The thread running the body; threads that existed when it started.
@@ -142,11 +142,14 @@ def snapshot_threads() -> frozenset[int]:
     return frozenset(t.ident for t in threading.enumerate() if t.ident is not None)
 
 
-def note_running(run: WorkflowRun, pos: int, name: str, kind: str, t0: float) -> None:
-    """Note that the step at *pos* is executing now."""
-    run.running[pos] = (name, kind, t0)
+def note_running(
+    run: WorkflowRun, pos: int, name: str, kind: str, t0: float, label: str | None = None
+) -> None:
+    """Note that the step at *pos* is executing now (called from any thread: a `dnb.map`
+    item is noted by the worker that picked it up)."""
+    run.running[pos] = (name, kind, t0, label)
     if events.listeners:
-        events.emit("step_started", run, pos, name, kind)
+        events.emit("step_started", run, pos, name, kind, label=label)
 
 
 def note_finished(run: WorkflowRun, rec: Any, replayed: bool) -> None:

@@ -4,6 +4,11 @@ Positions are reserved in the workflow's thread, one per item in input order, an
 through the checkpoint protocol: recorded items replay, the others run on the pool and are
 recorded as they finish (in the workflow's thread). A cancel stops items that have not
 started; items already running finish and are recorded.
+
+An item is running from the moment a worker picks it up until its record is written: that
+is its recorded start (queue time is not part of its duration) and when listeners hear
+`step_started`. Each item has a label (`default_label`, or `map(label=...)`), recorded with
+it and shown as ``name[label]``; labels are not compared on replay.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import concurrent.futures as cf
 import contextvars
 import multiprocessing
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,7 +29,12 @@ from . import events
 from .checkpoint import NOT_RECORDED, Done, Slot, open_slot
 from .context import WorkflowRun, check_thread, current
 from .defs import Step, Transaction
+from .identity import MAX_NAME_BYTES, _check_text
 from .kinds import _outside, attempt, attempt_async, call_of, run_transaction
+
+#: Longest text of an item that is its own default label; longer items are labelled by index.
+DEFAULT_LABEL_CHARS = 24
+_SCALARS = (str, int, float, bool)
 
 
 def _as_step(fn: Callable[..., Any]) -> Step:
@@ -37,12 +50,14 @@ def _in_process(payload: bytes) -> bytes:
     import cloudpickle
 
     spec, item = cloudpickle.loads(payload)
+    started = time.time()  # the item's recorded start: the workflow's thread cannot see it
     done = _attempt_item(spec, item)
+    done.started_at = started
     try:
         return cloudpickle.dumps(done)
     except Exception as exc:  # an output that cannot cross back
         return cloudpickle.dumps(Done(False, TypeError(f"cannot send the output back: {exc}"),
-                                      done.attempts))  # fmt: skip
+                                      done.attempts, started_at=started))  # fmt: skip
 
 
 def _attempt_item(spec: Step, item: Any) -> Done:
@@ -55,9 +70,82 @@ class _Cancelled(Exception):
     """The workflow was cancelled before this item started: nothing to record."""
 
 
-def _run_item(spec: Step, item: Any, slot: Slot | None) -> Done:
+class _Running:
+    """Which items of a map count as running: at most one per worker, each from when it is
+    picked up until its record is written (in the workflow's thread).
+
+    A thread-pool worker notes its item running when it picks it up (`picked`), in its own
+    thread. A worker that finished an item picks up the next one before the workflow's thread
+    has recorded the first; rather than wait for that record (a worker idle for a record's
+    write on every item), the new item runs at once, its start time taken then, and it is
+    noted running when a recorded item frees a place (`recorded`, in the workflow's thread),
+    a moment later; an item recorded before that is never noted running (its step_finished
+    comes without a step_started). So listeners and `dnb.steps` never see more items running
+    than there are workers, and recorded starts are exact.
+
+    With processes nothing is seen of a pickup: items wait in submission order (`queue`), the
+    order the pool hands them out, and each recorded item lets the next one be noted running;
+    the recorded start is the one the worker process measured (`Done.started_at`).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._lock = threading.Lock()
+        self._free = workers
+        #: Items not noted running yet, with when they were picked up (None: not known).
+        self._waiting: deque[tuple[Slot, float | None]] = deque()
+        self._shown: set[int] = set()
+        self._recorded: set[int] = set()
+        self._closed = False
+
+    def picked(self, slot: Slot) -> bool:
+        """A worker picked *slot*'s item up now; False once the map was abandoned."""
+        slot.started_at = t0 = time.time()  # its recorded start, whenever it is noted running
+        return self._wait(slot, t0)
+
+    def queue(self, slot: Slot) -> None:
+        """*slot*'s item was handed to the pool, to be picked up in this order."""
+        self._wait(slot, None)
+
+    def _wait(self, slot: Slot, t0: float | None) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            now = self._free > 0
+            if now:
+                self._free -= 1
+                self._shown.add(slot.position)
+            else:
+                self._waiting.append((slot, t0))
+        if now:
+            slot.begin(t0)
+        return True
+
+    def recorded(self, slot: Slot) -> None:
+        """*slot*'s record was written (its step_finished emitted): its place goes to the
+        next waiting item."""
+        with self._lock:
+            self._recorded.add(slot.position)
+            if slot.position not in self._shown:
+                return
+            self._shown.discard(slot.position)
+            while self._waiting and self._waiting[0][0].position in self._recorded:
+                self._waiting.popleft()
+            if not self._waiting:
+                self._free += 1
+                return
+            nxt, t0 = self._waiting.popleft()
+            self._shown.add(nxt.position)
+        nxt.begin(t0)
+
+    def close(self) -> None:
+        """Abandon the map: items picked up from now on do not run."""
+        with self._lock:
+            self._closed = True
+
+
+def _run_item(spec: Step, item: Any, slot: Slot | None, running: _Running) -> Done:
     """Thread-pool side: run one item (its record, for a transaction, in its transaction)."""
-    if slot is not None and slot.run.is_cancelled():
+    if slot is not None and (slot.run.is_cancelled() or not running.picked(slot)):
         raise _Cancelled
     if isinstance(spec, Transaction):
         run = slot.run if slot is not None else None
@@ -73,18 +161,27 @@ def map(
     *,
     workers: int = 4,
     processes: bool = False,
+    label: Callable[[Any], str] | None = None,
 ) -> list[Any]:
     """Apply *fn* to every item, each call a checkpointed step; results in input order.
 
     Inside a workflow, items finished before a crash are not run again. When items fail,
     the others still finish and are recorded; then the first failure (in input order) is
     raised. *processes*: run items in worker processes instead of threads (the function
-    and items must pickle; transactions always use threads).
+    and items must pickle; transactions always use threads). An item's recorded start is
+    when a worker picked it up.
+
+    *label*: a function item -> str naming each item in records and listings
+    (``fit_carrier[AA]``); by default a short str, number or bool (or a tuple of them) is
+    its own label and any other item is labelled by its index (`default_label`). A label
+    function that raises or returns something else than a string is a `TypeError` before
+    any item runs. Labels are recorded, not compared: changing them does not fork a run.
     """
     spec = _as_step(fn)
     items = list(items)
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    labels = _labels(spec, items, label)
     run = current()
     if run is None:
         _outside(f"dnb.map over {spec.name!r}")
@@ -100,7 +197,7 @@ def map(
     else:
         first, call = run.take(len(items)), call_of(spec)
         for i in range(len(items)):
-            slot = open_slot(run, call, first + i)
+            slot = open_slot(run, call, first + i, queued=True, label=labels[i])
             if slot.recorded is None:
                 slots[i] = slot
                 continue
@@ -119,6 +216,58 @@ def map(
                              f"items {sorted(failures)}")  # fmt: skip
         raise failure
     return results
+
+
+def default_label(item: Any, index: int) -> str:
+    """The label of *item* at *index* of a `dnb.map`: a str itself (its repr when empty or
+    not printable), a number, bool or tuple of those as its repr, when that is at most
+    `DEFAULT_LABEL_CHARS` characters; otherwise the index."""
+    kind = type(item)
+    if kind is str:
+        if len(item) > DEFAULT_LABEL_CHARS:
+            return str(index)
+        text = item if item and item.isprintable() else repr(item)
+    elif kind in _SCALARS or (kind is tuple and _short_scalars(item)):
+        try:
+            text = repr(item)
+        except ValueError:  # an int too long to print
+            return str(index)
+    else:
+        return str(index)
+    return text if len(text) <= DEFAULT_LABEL_CHARS else str(index)
+
+
+def _short_scalars(items: tuple[Any, ...]) -> bool:
+    """Whether *items* are few strs, numbers and bools, none a long str (cheap to print)."""
+    return len(items) <= DEFAULT_LABEL_CHARS // 3 and all(
+        type(x) in _SCALARS and not (type(x) is str and len(x) > DEFAULT_LABEL_CHARS) for x in items
+    )
+
+
+def _labels(spec: Step, items: list[Any], label: Callable[[Any], str] | None) -> list[str]:
+    """Every item's label, checked before anything runs."""
+    if label is None:
+        return [default_label(item, i) for i, item in enumerate(items)]
+    if not callable(label):
+        raise TypeError(f"dnb.map(label=...) takes a function item -> str, got {label!r:.60}")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            text = label(item)
+        except NOT_RECORDED:
+            raise
+        except Exception as exc:
+            raise TypeError(
+                f"dnb.map over {spec.name!r}: the label function raised {type(exc).__name__} "
+                f"for item {i}: {exc}; no item ran"
+            ) from exc
+        if not isinstance(text, str):
+            raise TypeError(
+                f"dnb.map over {spec.name!r}: the label function returned {text!r:.60} "
+                f"({type(text).__name__}, not str) for item {i}; no item ran"
+            )
+        out.append(_check_text(text, f"label (of item {i} of dnb.map over {spec.name!r})", MAX_NAME_BYTES))
+    return out
 
 
 def _payloads(spec: Step, items: list[Any]) -> dict[int, bytes]:
@@ -151,7 +300,9 @@ def _run_pending(
     spec: Step, items: list[Any], slots: dict[int, Slot | None], run: WorkflowRun | None,
     workers: int, payloads: dict[int, bytes], results: list[Any], failures: dict[int, BaseException],
 ) -> None:  # fmt: skip
-    pool = _pool(min(workers, len(slots)), bool(payloads))
+    size = min(workers, len(slots))
+    pool = _pool(size, bool(payloads))
+    running = _Running(size)
     try:
         futures: dict[cf.Future[Any], int] = {}
         for i, slot in slots.items():
@@ -159,9 +310,19 @@ def _run_pending(
                 futures[pool.submit(_in_process, payloads[i])] = i
             else:
                 ctx = contextvars.copy_context()
-                futures[pool.submit(ctx.run, _run_item, spec, items[i], slot)] = i
-        cancelled = _collect(futures, slots, run, spec, len(items), bool(payloads), results, failures)
+                futures[pool.submit(ctx.run, _run_item, spec, items[i], slot, running)] = i
+        if payloads:
+            # Which item a worker process picked up is not visible from here: the pool hands
+            # them out in submission order, so the first `size` are noted running now and one
+            # more each time one is recorded. Process start-up and the pool's own small queue
+            # make this approximate; the recorded start is the worker's own (`Done`).
+            for slot in slots.values():
+                if slot is not None:
+                    running.queue(slot)
+        cancelled = _collect(futures, slots, run, spec, len(items), bool(payloads), running, results,
+                             failures)  # fmt: skip
     except BaseException:
+        running.close()
         for slot in slots.values():
             if slot is not None:
                 slot.release()
@@ -175,7 +336,8 @@ def _run_pending(
 
 def _collect(
     futures: dict[cf.Future[Any], int], slots: dict[int, Slot | None], run: WorkflowRun | None,
-    spec: Step, total: int, pickled: bool, results: list[Any], failures: dict[int, BaseException],
+    spec: Step, total: int, pickled: bool, running: _Running, results: list[Any],
+    failures: dict[int, BaseException],
 ) -> bool:  # fmt: skip
     """Record each item as it finishes; returns whether a cancel stopped some."""
     import pickle
@@ -211,4 +373,5 @@ def _collect(
             raise
         except Exception as exc:
             failures[i] = exc
+        running.recorded(slot)
     return cancelled

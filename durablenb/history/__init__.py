@@ -32,6 +32,7 @@ _STEP_DTYPES = {
     "workflow_id": "string",
     "position": "Int64",
     "name": "string",
+    "label": "string",
     "kind": "string",
     "status": "string",
     "attempts": "Int64",
@@ -98,6 +99,8 @@ def steps(workflow_id: str) -> pd.DataFrame:
     *status* is ``succeeded``, ``failed``, ``retried`` (succeeded after more than one
     attempt), ``replayed`` (recorded before the workflow's latest run began, so that run
     returned the record) or ``running`` (executing now in this process; no record yet).
+    *label* names the item of a `dnb.map` (``AA`` of ``fit_carrier[AA]``), else it is missing.
+    *started_at* is when the step began executing: for a map item, when a worker picked it up.
     """
     store = runtime.store()
     cols, rows = store.query_steps(check_id(workflow_id))
@@ -109,7 +112,7 @@ def steps(workflow_id: str) -> pd.DataFrame:
     rows = rows + _running_rows(workflow_id, cols, {r[1] for r in rows})
     rows.sort(key=lambda r: r[1])
     df = _frame(cols, rows, _STEP_DTYPES)
-    df.insert(7, "duration", df["finished_at"] - df["started_at"])
+    df.insert(cols.index("finished_at") + 1, "duration", df["finished_at"] - df["started_at"])
     return df.reset_index(drop=True)
 
 
@@ -127,12 +130,12 @@ def _running_rows(workflow_id: str, cols: list[str], recorded: set[int]) -> list
     if run is None:
         return []
     out = []
-    for pos, (name, kind, t0) in list(run.running.items()):
+    for pos, (name, kind, t0, label) in list(run.running.items()):
         if pos in recorded:
             continue
         row = dict.fromkeys(cols)
         started = _dt.datetime.fromtimestamp(t0, tz=_dt.timezone.utc)
-        row.update(workflow_id=workflow_id, position=pos, name=name, kind=kind, status="running",
-                   started_at=started, attempts=1)  # fmt: skip
+        row.update(workflow_id=workflow_id, position=pos, name=name, label=label, kind=kind,
+                   status="running", started_at=started, attempts=1)  # fmt: skip
         out.append(tuple(row[c] for c in cols))
     return out

@@ -251,7 +251,7 @@ class AdminMixin:
     def query_steps(self, workflow_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Step rows of *workflow_id* in position order: ``(columns, rows)``."""
         q = (
-            "SELECT s.workflow_id, s.position, s.name, s.kind, "
+            "SELECT s.workflow_id, s.position, s.name, s.label, s.kind, "
             "CASE WHEN s.status = 'failed' THEN 'failed' "
             "WHEN s.finished_at < w.run_started_at THEN 'replayed' "
             "WHEN s.attempts > 1 THEN 'retried' ELSE 'succeeded' END, "
@@ -261,9 +261,9 @@ class AdminMixin:
             "WHERE s.workflow_id = %s ORDER BY s.position"
         )
         cols = [
-            "workflow_id", "position", "name", "kind", "status", "started_at", "finished_at",
-            "attempts", "output_bytes", "codec", "error_type", "error_message", "child_id",
-            "code_hash",
+            "workflow_id", "position", "name", "label", "kind", "status", "started_at",
+            "finished_at", "attempts", "output_bytes", "codec", "error_type", "error_message",
+            "child_id", "code_hash",
         ]  # fmt: skip
         with self.connection() as conn:
             rows = conn.execute(q, [workflow_id]).fetchall()

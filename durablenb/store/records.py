@@ -35,6 +35,8 @@ class StepRecord:
     started_at: float | datetime | None = None
     finished_at: float | datetime | None = None
     blob: str | None = None
+    #: Which item of a `dnb.map` this is (``AA`` of ``fit_carrier[AA]``); None otherwise.
+    label: str | None = None
 
     def filled(self) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """The names and values of the fields that are not None, in column order."""
