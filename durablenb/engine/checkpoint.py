@@ -46,7 +46,7 @@ from ..errors import (
 from ..store import StepRecord, Store
 from . import planner, values
 from ._tracebacks import user_text
-from .context import WorkflowRun, check_thread, note_finished, note_running
+from .context import WorkflowRun, check_thread, note_finished, note_running, tell
 
 logger = logging.getLogger("durablenb")
 
@@ -240,8 +240,7 @@ def fork_run(run: WorkflowRun, fork: planner.Fork) -> None:
         del run.records[p]
     note = (f"{fork.why}: re-running from position {fork.position}; the previous run is kept "
             f"as {run.archive_id!r}")  # fmt: skip
-    run.notes.append(note)
-    logger.warning("workflow %s: %s", run.id, note)
+    tell(run, note)
 
 
 def unencodable(name: str, workflow_id: str, value: Any, cause: Exception) -> UnserializableOutputError:

@@ -9,6 +9,7 @@ are refused (or are plain calls, inside a step).
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from . import events
 
 if TYPE_CHECKING:
     from .planner import Plan
+
+logger = logging.getLogger("durablenb")
 
 
 @dataclass(eq=False)
@@ -150,6 +153,16 @@ def note_running(
     run.running[pos] = (name, kind, t0, label)
     if events.listeners:
         events.emit("step_started", run, pos, name, kind, label=label)
+
+
+def tell(run: WorkflowRun, text: str) -> None:
+    """Tell whoever watches *run* something they should know (a fork, a code change): its
+    timeline shows it, and it is logged as a warning."""
+    run.notes.append(text)
+    if events.listeners:
+        events.emit("workflow_note", run, text)
+    logger.warning("workflow %s: %s", run.id, text, extra={"durablenb_workflow": run.id,
+                                                           "durablenb_note": text})  # fmt: skip
 
 
 def note_finished(run: WorkflowRun, rec: Any, replayed: bool) -> None:

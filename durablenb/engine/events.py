@@ -42,6 +42,9 @@ class Listener:
     def step_finished(self, run: Any, record: Any, replayed: bool) -> None:
         """A step's record was written (*replayed* False) or returned from the store (True)."""
 
+    def workflow_note(self, run: Any, text: str) -> None:
+        """Something the person watching *run* should know: a fork, a code change."""
+
     def map_progress(self, run: Any, name: str, done: int, total: int) -> None:
         """*done* of *total* items of a `dnb.map` over *name* are finished."""
 

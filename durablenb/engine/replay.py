@@ -36,7 +36,7 @@ from .checkpoint import (
     when_it_ran,
 )
 from .checkpoint import raise_recorded as raise_recorded
-from .context import WorkflowRun, _current, _explicit_id, enclosing, in_step, snapshot_threads
+from .context import WorkflowRun, _current, _explicit_id, enclosing, in_step, snapshot_threads, tell
 from .defs import Workflow
 from .identity import args_digest, check_id, default_workflow_id
 from .inputs import NO_INPUTS, Inputs, inputs_for, record_inputs
@@ -273,8 +273,7 @@ def _follow(run: WorkflowRun, plan: planner.Plan, spec: Workflow) -> None:
         run.archive_id = lease.archive()
         lease.restart(executor, spec.code_hash, run.archive_id)
         if plan.fork_at is None:  # else the fork below says where it re-runs from
-            run.notes.append(f"{plan.why}; the previous run is kept as {run.archive_id!r}")
-            logger.warning("workflow %s: %s", run.id, run.notes[-1])
+            tell(run, f"{plan.why}; the previous run is kept as {run.archive_id!r}")
     elif plan.body_changed or plan.fork_at is not None:
         lease.restart(executor, spec.code_hash, None)
     else:

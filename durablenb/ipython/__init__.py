@@ -141,6 +141,11 @@ class _NotebookNotes(logging.Handler):
     """Shows durablenb's warnings (a forked run, a lost record) under the running cell."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from ..widgets import live
+
+        wid, note = getattr(record, "durablenb_workflow", None), getattr(record, "durablenb_note", None)
+        if wid is not None and live.note_shown(wid, note or ""):
+            return  # its timeline shows it
         try:
             print(f"durablenb: {record.getMessage()}", file=sys.stderr)
         except Exception:  # pragma: no cover - never let a note break a cell
