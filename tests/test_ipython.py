@@ -68,7 +68,7 @@ def test_list_steps_timeline_info(shell, capsys):
     assert list(listed["workflow_id"]) == [wid]
     assert list(shell.run(f"%durable steps {wid}")["name"]) == ["load", "total"]
     html = shell.run(f"%durable timeline {wid}")._repr_html_()
-    assert html.count("data-state='succeeded'") == 2
+    assert html.count("class='dnb-state' data-state='succeeded'") == 2
     shell.run("%durable info")
     out = capsys.readouterr().out
     assert "schema:" in out and "1 succeeded" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import queue
 import re
@@ -34,7 +35,7 @@ class Kernel:
         return self.kc.execute(code)
 
     def collect(self, msg_id: str, timeout: float = 120) -> dict:
-        out = {"stdout": "", "stderr": "", "errors": [], "results": [], "status": None}
+        out = {"stdout": "", "stderr": "", "errors": [], "results": [], "status": None, "html": ""}
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -55,6 +56,9 @@ class Kernel:
                 out["results"].append(content["data"].get("text/plain"))
             elif kind == "display_data":
                 out.setdefault("displays", []).append(sorted(content["data"]))
+                out["html"] += content["data"].get("text/html", "")
+            elif kind == "update_display_data":  # a timeline's final copy
+                out["html"] += content["data"].get("text/html", "")
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
 
@@ -296,8 +300,10 @@ def test_a_failed_workflow_is_retried_after_the_fix_in_a_new_kernel(kernels, eff
     out = k2.run("print('airports', analysis())")
     assert out["errors"] == [], out["errors"]
     assert "airports 3" in out["stdout"]
-    shown = out["stdout"] + out["stderr"]
+    shown = out["stdout"] + out["stderr"] + html.unescape(out["html"])
     assert "retrying from step 'load' (it failed with FileNotFoundError)" in shown, shown
+    # The note shows in the workflow's timeline, not as a warning printed under it.
+    assert "retrying from step" not in out["stderr"]
     assert (effects.count("prepare"), effects.count("load")) == (1, 2)
 
 

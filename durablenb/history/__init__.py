@@ -10,8 +10,9 @@ import pandas as pd
 from ..engine import events, runtime
 from ..engine.identity import check_id
 from ..errors import WorkflowNotFoundError
+from ._frame import HistoryFrame
 
-__all__ = ["workflows", "steps"]
+__all__ = ["workflows", "steps", "HistoryFrame"]
 
 _WF_DTYPES = {
     "workflow_id": "string",
@@ -90,7 +91,7 @@ def workflows(
             fixed = fixed[:limit]
     df = _frame(cols, fixed, _WF_DTYPES)
     df.insert(6, "duration", df["finished_at"] - df["created_at"])
-    return df.reset_index(drop=True)
+    return HistoryFrame(df.reset_index(drop=True))
 
 
 def steps(workflow_id: str) -> pd.DataFrame:
@@ -113,7 +114,7 @@ def steps(workflow_id: str) -> pd.DataFrame:
     rows.sort(key=lambda r: r[1])
     df = _frame(cols, rows, _STEP_DTYPES)
     df.insert(cols.index("finished_at") + 1, "duration", df["finished_at"] - df["started_at"])
-    return df.reset_index(drop=True)
+    return HistoryFrame(df.reset_index(drop=True))
 
 
 def _known_here(workflow_id: str) -> bool:

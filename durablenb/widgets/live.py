@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from ..engine import events, runtime
 
-__all__ = ["AutoTimelines", "enable", "disable", "widget_for"]
+__all__ = ["AutoTimelines", "enable", "disable", "widget_for", "note_shown"]
 
 _widgets: dict[str, Any] = {}
 _lock = threading.Lock()
+#: Notes of runs that will get a widget before it exists, and notes a widget shows.
+_pending_notes: dict[str, list[str]] = {}
+_shown_notes: set[tuple[str, str]] = set()
+
+#: Names of the workflows of ``%%durable`` cells.
+CELL_PREFIX = "%%durable:"
 
 
 def widget_for(workflow_id: str) -> Any:
     """The live widget of *workflow_id*, if one is shown."""
     return _widgets.get(workflow_id)
+
+
+def note_shown(workflow_id: str, text: str) -> bool:
+    """Whether a timeline shows this note (so it need not be printed too)."""
+    return (workflow_id, text) in _shown_notes
+
+
+def _row(position: int, name: str, kind: str, label: str | None) -> dict[str, Any]:
+    return {"position": position, "name": name, "kind": kind, "label": label, "state": "running",
+            "started": time.time(), "finished": None, "attempts": 1, "output_bytes": None,
+            "codec": None, "error_type": None, "error_message": None}  # fmt: skip
 
 
 class AutoTimelines(events.Listener):
@@ -29,6 +47,8 @@ class AutoTimelines(events.Listener):
         widget = TimelineWidget(workflow_id, [], status="running")
         with _lock:
             _widgets[workflow_id] = widget
+        for note in _pending_notes.pop(workflow_id, []):
+            widget.add_note(note)
         widget.show()
         return widget
 
@@ -44,27 +64,36 @@ class AutoTimelines(events.Listener):
             widget = self._start(run)
             if widget is None:
                 return
+        for note in run.notes:
+            widget.add_note(note)
         widget.set_status("running")
+
+    def _will_show(self, run: Any) -> bool:
+        from .timeline_widget import in_kernel
+
+        return (run.store.settings.timeline and run.parent_id is None and in_kernel()
+                and threading.current_thread() is threading.main_thread())  # fmt: skip
 
     def _start(self, run: Any) -> Any:
         """A new timeline for a top-level workflow run from a cell (None if not wanted)."""
-        if not run.store.settings.timeline:
-            return None
-        if run.parent_id is not None or threading.current_thread() is not threading.main_thread():
-            return None
-        return self._new(run.id)
+        return self._new(run.id) if self._will_show(run) else None
 
-    def step_started(self, run: Any, position: int, name: str, kind: str) -> None:
+    def workflow_note(self, run: Any, text: str) -> None:
+        widget = _widgets.get(run.id)
+        if widget is not None:
+            widget.add_note(text)
+        elif not run.name.startswith(CELL_PREFIX) and self._will_show(run):
+            _pending_notes.setdefault(run.id, []).append(text)
+        else:
+            return
+        _shown_notes.add((run.id, text))
+
+    def step_started(self, run: Any, position: int, name: str, kind: str, label: str | None = None) -> None:
         widget = _widgets.get(run.id)
         if widget is None and run.name.startswith(CELL_PREFIX) and run.id in events.active_runs:
             widget = self._start(run)
         if widget is not None:
-            import time
-
-            widget.set_row({"position": position, "name": name, "kind": kind, "state": "running",
-                            "started": time.time(), "finished": None, "attempts": 1,
-                            "output_bytes": None, "codec": None, "error_type": None,
-                            "error_message": None})  # fmt: skip
+            widget.set_row(_row(position, name, kind, label))
 
     def step_finished(self, run: Any, record: Any, replayed: bool) -> None:
         widget = _widgets.get(run.id)
@@ -76,18 +105,15 @@ class AutoTimelines(events.Listener):
     def map_progress(self, run: Any, name: str, done: int, total: int) -> None:
         widget = _widgets.get(run.id)
         if widget is not None:
-            short = name.rsplit(".", 1)[-1]
-            widget.set_progress(f"map {short}: {done}/{total} items")
+            widget.set_progress(name, done, total)
 
     def workflow_finished(self, run: Any, status: str, error: BaseException | None) -> None:
         with _lock:
             widget = _widgets.pop(run.id, None)
+        _pending_notes.pop(run.id, None)
         if widget is not None:
             widget.set_status(status, final=True)
 
-
-#: Names of the workflows of ``%%durable`` cells.
-CELL_PREFIX = "%%durable:"
 
 _listener = AutoTimelines()
 
