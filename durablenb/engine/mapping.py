@@ -1,4 +1,5 @@
-"""`map`: one checkpointed position per item, run on a thread or process pool.
+"""`map`: one checkpointed position per item, run on a thread or process pool, a caller's
+executor or a Dask cluster (`_pools`), within a rate and a cap on items in flight.
 
 Positions are reserved in the workflow's thread, one per item in input order, and each goes
 through the checkpoint protocol: recorded items replay, the others run on the pool and are
@@ -16,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextvars
-import multiprocessing
-import sys
 import threading
 import time
 from collections import deque
@@ -26,6 +25,8 @@ from typing import Any
 
 from ..errors import UnserializableArgumentsError, WorkflowCancelledError
 from . import events
+from ._pools import Cancelled as _Cancelled
+from ._pools import Feeder, Pool, check_max_in_flight, parse_rate, pool_for
 from .checkpoint import NOT_RECORDED, Done, Slot, open_slot
 from .context import WorkflowRun, check_thread, current
 from .defs import Step, Transaction
@@ -64,10 +65,6 @@ def _attempt_item(spec: Step, item: Any) -> Done:
     if spec.is_async:
         return asyncio.run(attempt_async(spec, (item,), {}))
     return attempt(spec, (item,), {})
-
-
-class _Cancelled(Exception):
-    """The workflow was cancelled before this item started: nothing to record."""
 
 
 class _Running:
@@ -159,17 +156,31 @@ def map(
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *,
-    workers: int = 4,
+    workers: int | None = None,
     processes: bool = False,
+    executor: Any = None,
+    rate: str | float | None = None,
+    max_in_flight: int | None = None,
     label: Callable[[Any], str] | None = None,
 ) -> list[Any]:
     """Apply *fn* to every item, each call a checkpointed step; results in input order.
 
     Inside a workflow, items finished before a crash are not run again. When items fail,
     the others still finish and are recorded; then the first failure (in input order) is
-    raised. *processes*: run items in worker processes instead of threads (the function
-    and items must pickle; transactions always use threads). An item's recorded start is
-    when a worker picked it up.
+    raised. Items run on a pool of *workers* threads (4 by default); *processes*: worker
+    processes instead (the function and items must pickle; transactions always use threads).
+    An item's recorded start is when a worker picked it up.
+
+    *executor*: run items on a `concurrent.futures.Executor` or a Dask `distributed.Client`
+    instead (the caller's: it is never shut down). On a `ThreadPoolExecutor` items run as
+    with *workers*; on anything else the function and items must pickle (cloudpickle), each
+    item runs with its retries where the executor puts it, and a `@dnb.transaction` is
+    refused (`TypeError`). Every outcome is recorded here, in the workflow's thread.
+
+    *rate*: items start no faster than this: ``"N/s"``, ``"N/min"``, ``"N/h"`` or a number
+    per second (one at a time, 1/rate apart; no burst after a pause). *max_in_flight*: at
+    most this many items running at once, whatever the pool's size. Items replayed from
+    their records count against neither. A bad value is a `ValueError` before any item runs.
 
     *label*: a function item -> str naming each item in records and listings
     (``fit_carrier[AA]``); by default a short str, number or bool (or a tuple of them) is
@@ -179,36 +190,22 @@ def map(
     """
     spec = _as_step(fn)
     items = list(items)
-    if workers < 1:
-        raise ValueError("workers must be >= 1")
+    what = f"dnb.map over {spec.name!r}"
+    pool = pool_for(executor, workers=workers, processes=processes,
+                    transaction=isinstance(spec, Transaction), what=what)  # fmt: skip
+    limits = (check_max_in_flight(max_in_flight), parse_rate(rate))
     labels = _labels(spec, items, label)
     run = current()
     if run is None:
-        _outside(f"dnb.map over {spec.name!r}")
+        _outside(what)
     else:
-        check_thread(run, f"dnb.map over {spec.name!r}")
-    use_processes = processes and not isinstance(spec, Transaction)
-    payloads = _payloads(spec, items) if use_processes else {}
+        check_thread(run, what)
+    payloads = _payloads(spec, items, pool) if pool.pickled else {}
     results: list[Any] = [None] * len(items)
     failures: dict[int, BaseException] = {}
-    slots: dict[int, Slot | None] = {}
-    if run is None:
-        slots = dict.fromkeys(range(len(items)))
-    else:
-        first, call = run.take(len(items)), call_of(spec)
-        for i in range(len(items)):
-            slot = open_slot(run, call, first + i, queued=True, label=labels[i])
-            if slot.recorded is None:
-                slots[i] = slot
-                continue
-            try:
-                results[i] = slot.replay()
-            except NOT_RECORDED:
-                raise
-            except Exception as exc:
-                failures[i] = exc
+    slots = _open_slots(run, spec, labels, results, failures)
     if slots:
-        _run_pending(spec, items, slots, run, workers, payloads, results, failures)
+        _run_pending(spec, items, slots, run, pool, limits, payloads, results, failures)
     if failures:
         failure = failures[min(failures)]
         if len(failures) > 1 and hasattr(failure, "add_note"):
@@ -216,6 +213,30 @@ def map(
                              f"items {sorted(failures)}")  # fmt: skip
         raise failure
     return results
+
+
+def _open_slots(
+    run: WorkflowRun | None, spec: Step, labels: list[str], results: list[Any],
+    failures: dict[int, BaseException],
+) -> dict[int, Slot | None]:  # fmt: skip
+    """Reserve a position per item, in input order: replay the recorded ones (into *results*
+    and *failures*); the slots of the others (None outside a workflow), to run."""
+    if run is None:
+        return dict.fromkeys(range(len(labels)))
+    slots: dict[int, Slot | None] = {}
+    first, call = run.take(len(labels)), call_of(spec)
+    for i in range(len(labels)):
+        slot = open_slot(run, call, first + i, queued=True, label=labels[i])
+        if slot.recorded is None:
+            slots[i] = slot
+            continue
+        try:
+            results[i] = slot.replay()
+        except NOT_RECORDED:
+            raise
+        except Exception as exc:
+            failures[i] = exc
+    return slots
 
 
 def default_label(item: Any, index: int) -> str:
@@ -270,7 +291,8 @@ def _labels(spec: Step, items: list[Any], label: Callable[[Any], str] | None) ->
     return out
 
 
-def _payloads(spec: Step, items: list[Any]) -> dict[int, bytes]:
+def _payloads(spec: Step, items: list[Any], pool: Pool) -> dict[int, bytes]:
+    """Every item with the function, cloudpickled for *pool*, checked before any runs."""
     import cloudpickle
 
     out = {}
@@ -279,47 +301,27 @@ def _payloads(spec: Step, items: list[Any]) -> dict[int, bytes]:
             out[i] = cloudpickle.dumps((spec, item))
         except Exception as exc:
             raise UnserializableArgumentsError(
-                f"dnb.map(processes=True) cannot send item {i} of {spec.name!r} to a worker "
-                f"process: {exc}"
+                f"dnb.map cannot send item {i} of {spec.name!r} to {pool.where}: {exc}"
             ) from exc
     return out
 
 
-def _pool(workers: int, use_processes: bool) -> cf.Executor:
-    if use_processes:
-        # IPython and Jupyter kernels replace __main__ with a module that has no __spec__,
-        # which spawn reads; the workers need nothing from __main__ (items are cloudpickled).
-        main = sys.modules.get("__main__")
-        if main is not None and not hasattr(main, "__spec__"):
-            main.__spec__ = None
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="durablenb-map")
-
-
 def _run_pending(
-    spec: Step, items: list[Any], slots: dict[int, Slot | None], run: WorkflowRun | None,
-    workers: int, payloads: dict[int, bytes], results: list[Any], failures: dict[int, BaseException],
+    spec: Step, items: list[Any], slots: dict[int, Slot | None], run: WorkflowRun | None, pool: Pool,
+    limits: tuple[int | None, float | None], payloads: dict[int, bytes], results: list[Any],
+    failures: dict[int, BaseException],
 ) -> None:  # fmt: skip
-    size = min(workers, len(slots))
-    pool = _pool(size, bool(payloads))
-    running = _Running(size)
+    """Run the items of *slots* on *pool* within *limits* (max_in_flight, rate) and record
+    them as they finish."""
+    max_in_flight, rate = limits
+    pool.start(len(slots))
+    running = _Running(min(pool.size or len(slots), max_in_flight or len(slots), len(slots)))
+    feeder = Feeder(pool, _launcher(spec, items, slots, pool, running, payloads),
+                    (lambda: False) if run is None else run.is_cancelled,
+                    max_in_flight=max_in_flight, rate=rate)  # fmt: skip
     try:
-        futures: dict[cf.Future[Any], int] = {}
-        for i, slot in slots.items():
-            if payloads:
-                futures[pool.submit(_in_process, payloads[i])] = i
-            else:
-                ctx = contextvars.copy_context()
-                futures[pool.submit(ctx.run, _run_item, spec, items[i], slot, running)] = i
-        if payloads:
-            # Which item a worker process picked up is not visible from here: the pool hands
-            # them out in submission order, so the first `size` are noted running now and one
-            # more each time one is recorded. Process start-up and the pool's own small queue
-            # make this approximate; the recorded start is the worker's own (`Done`).
-            for slot in slots.values():
-                if slot is not None:
-                    running.queue(slot)
-        cancelled = _collect(futures, slots, run, spec, len(items), bool(payloads), running, results,
+        futures = feeder.start(list(slots))
+        cancelled = _collect(futures, slots, run, spec, len(items), pool.pickled, running, results,
                              failures)  # fmt: skip
     except BaseException:
         running.close()
@@ -327,11 +329,39 @@ def _run_pending(
             if slot is not None:
                 slot.release()
         # An interrupt (or a crash stand-in) must not wait for every running item.
-        pool.shutdown(wait=False, cancel_futures=True)
+        feeder.stop()
+        pool.close(wait=False)
         raise
-    pool.shutdown(wait=True)
+    feeder.join()
+    pool.close(wait=True)
     if cancelled and run is not None:
         raise WorkflowCancelledError(run.id)
+
+
+def _launcher(
+    spec: Step, items: list[Any], slots: dict[int, Slot | None], pool: Pool, running: _Running,
+    payloads: dict[int, bytes],
+) -> Callable[[int], Any]:  # fmt: skip
+    """How item *i* is handed to *pool* (called in order, by the `Feeder`)."""
+    if pool.pickled:
+
+        def launch(i: int) -> Any:
+            fut = pool.submit(spec.name, _in_process, payloads[i])
+            # Which item a worker picked up is not visible from here: items are noted running
+            # in the order they are handed out, as many as the pool runs at once, and one
+            # more each time one is recorded; the recorded start is the worker's own (`Done`).
+            slot = slots[i]
+            if slot is not None:
+                running.queue(slot)
+            return fut
+
+        return launch
+    base = contextvars.copy_context()  # the workflow thread's: each item runs in a copy
+
+    def launch_thread(i: int) -> Any:
+        return pool.submit(spec.name, base.copy().run, _run_item, spec, items[i], slots[i], running)
+
+    return launch_thread
 
 
 def _collect(
