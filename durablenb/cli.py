@@ -53,7 +53,49 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("revoke", help="take back what grant gave a role").add_argument("role")
     gc = sub.add_parser("gc", help="delete finished workflows older than an age")
     gc.add_argument("--older-than", required=True, help="90s, 30m, 12h, 7d, 2w")
+    run = sub.add_parser("run", help="execute a notebook headless, each cell checkpointed; the same "
+                         "command again resumes it after a crash")  # fmt: skip
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter (as papermill: True/False/None, numbers, else text)")
+    run.add_argument("-r", "--raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter kept as text")
+    run.add_argument("--output", "-o", help="the executed notebook (default: NAME-run.ipynb beside it)")
+    run.add_argument("--id", dest="run_id", help="the run's id (default: from the notebook's path and "
+                     "the parameters)")  # fmt: skip
+    run.add_argument("--kernel", help="the kernel's name (default: the notebook's)")
+    sub.add_parser("runs", help="notebook runs, newest first").add_argument("--limit", type=int, default=50)
     return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``durablenb run``: 0 when every cell ran, 1 when a cell failed, 3 when the kernel died."""
+    import os
+    from pathlib import Path
+
+    from .runs import RunError, parse_value, run_notebook
+
+    if args.dsn:
+        os.environ["DURABLENB_DATABASE_URL"] = args.dsn  # the kernel connects, not this process
+    if args.schema:
+        os.environ["DURABLENB_SCHEMA"] = args.schema
+    params = {name: parse_value(value) for name, value in args.parameter}
+    params.update({name: value for name, value in args.raw})
+    try:
+        result = run_notebook(Path(args.notebook), Path(args.output) if args.output else None, params,
+                              args.run_id, args.kernel)  # fmt: skip
+    except (RunError, OSError, ValueError) as exc:
+        print(f"durablenb: {exc}", file=sys.stderr)
+        return 2
+    done = f"{len(result.executed)} cells ran, {len(result.restored)} restored"
+    print(f"{result.run_id}: {done}; wrote {result.output}")
+    if result.kernel_died:
+        print(f"durablenb: {result.error}; run the same command again to resume", file=sys.stderr)
+        return 3
+    if result.error:
+        print(f"durablenb: a cell failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _show(df: pd.DataFrame) -> None:
@@ -64,6 +106,8 @@ def _show(df: pd.DataFrame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; returns the exit status (1 with a clear message on a durablenb error)."""
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
     try:
         if args.dsn or args.schema:
             api.connect(args.dsn, schema=args.schema)
@@ -114,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             store = runtime.store()
             store.revoke(args.role)
             print(f"role {args.role} has no access to schema {store.schema} any more")
+        elif cmd == "runs":
+            from .runs import runs_table
+
+            _show(runs_table(args.limit))
         elif cmd == "gc":
             print(f"{api.gc(parse_duration(args.older_than))} workflow record(s) removed")
     except (DurableError, ValueError, TypeError, LookupError) as exc:

@@ -53,6 +53,8 @@ class WorkflowRun:
     thread: int = field(default_factory=threading.get_ident)
     threads_before: frozenset[int] = field(default_factory=frozenset)
     started_at: float = field(default_factory=time.time)
+    #: The workflows it calls start as top-level ones (`Workflow.transparent`).
+    transparent: bool = False
 
     def take(self, n: int = 1) -> int:
         """Reserve *n* consecutive positions; returns the first."""

@@ -165,6 +165,10 @@ class Workflow(_Durable):
     """
 
     kind = "workflow"
+    #: Whether the workflows it calls start as top-level workflows (with their own default
+    #: ids) instead of inline children: true of a notebook cell run as a workflow, so that a
+    #: workflow is the same whether its cell is ``%%durable`` or not.
+    transparent = False
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ def call_workflow(spec: Workflow, args: Args, kwargs: Kwargs) -> Any:
     if in_step():  # inside a step a workflow is a plain call: the step is the unit recorded
         return spec.fn(*args, **kwargs)
     parent = enclosing()
-    if parent is None:
+    if parent is None or parent.transparent:
         store, wid, digest, inputs = _top_level(spec, args, kwargs)
         return execute(store, spec, wid, args, kwargs, digest, inputs)
 
@@ -100,7 +100,7 @@ async def call_workflow_async(spec: Workflow, args: Args, kwargs: Kwargs) -> Any
     if in_step():
         return await spec.fn(*args, **kwargs)
     parent = enclosing()
-    if parent is None:
+    if parent is None or parent.transparent:
         store, wid, digest, inputs = _top_level(spec, args, kwargs)
         return await execute_async(store, spec, wid, args, kwargs, digest, inputs)
 
@@ -235,7 +235,7 @@ def _open(
                 raise
         plan = planner.Plan("run", on_change=spec.on_change)
         run = WorkflowRun(wid, spec.name, store, lease, {}, plan, wid, parent_id, parent,
-                          threads_before=threads)  # fmt: skip
+                          threads_before=threads, transparent=spec.transparent)  # fmt: skip
     else:
         row, records = lease.load()
         _check_identity(row, spec, wid, digest)
@@ -245,7 +245,7 @@ def _open(
         if plan.action == "outcome":
             return row
         run = WorkflowRun(wid, spec.name, store, lease, records, plan, row.lineage, parent_id, parent,
-                          threads_before=threads)  # fmt: skip
+                          threads_before=threads, transparent=spec.transparent)  # fmt: skip
         _follow(run, plan, spec)
     if _faults.ACTIVE:
         _faults.point("workflow.begun")

@@ -34,6 +34,9 @@ class DurableMagics(Magics):
     )
     @argument("args", nargs="*", help="the command's workflow id and other arguments")
     @argument("--id", dest="workflow_id", default=None, help="%%durable: the cell's workflow id")
+    @argument("--runner", action="store_true",
+              help="%%durable, in `durablenb run`: no messages; a cell whose names cannot all be "
+                   "recorded runs again on resume; how it went is reported to the runner")
     @argument("--from-step", type=int, default=None, help="fork: first position to run anew")
     @argument("--older-than", default=None, help="gc: age such as 90s, 30m, 12h, 7d, 2w")
     @argument("--status", default=None, help="list: statuses, comma-separated")
@@ -51,7 +54,7 @@ class DurableMagics(Magics):
         if cell is not None:
             if opts.command:
                 raise UsageError("%%durable takes no command; only --id ID")
-            return self._run_cell(cell, opts.workflow_id)
+            return self._run_cell(cell, opts.workflow_id, opts.runner)
         from .commands import COMMANDS
 
         command = opts.command or "list"
@@ -62,11 +65,19 @@ class DurableMagics(Magics):
         except StoreUnavailableError as exc:
             raise UsageError(str(exc)) from None
 
-    def _run_cell(self, cell: str, workflow_id: str | None) -> Any:
+    def _run_cell(self, cell: str, workflow_id: str | None, runner: bool = False) -> Any:
         __tracebackhide__ = True
-        from .cell import run_cell
+        from .cell import RUNNER_MIME, run_cell
 
-        value, report = run_cell(self.shell, cell, workflow_id)
+        value, report = run_cell(self.shell, cell, workflow_id, rerun_unrecorded=runner)
+        if runner:
+            from IPython.display import publish_display_data
+
+            if report["rerun_because"]:
+                print("durablenb: ran the cell again: " + "; ".join(report["rerun_because"]))
+            publish_display_data({RUNNER_MIME: {k: report[k] for k in ("workflow_id", "executed",
+                                                                         "skipped", "rerun_because")}})
+            return value
         if report["rerun_because"]:
             print("durablenb: ran the cell again: could not restore " + "; ".join(report["rerun_because"]))
         if not report["executed"]:

@@ -94,7 +94,9 @@ def cell_hash(cell: str) -> str:
 
 
 class CellWorkflow(Workflow):
-    """A workflow whose body is a notebook cell."""
+    """A workflow whose body is a notebook cell (the workflows it calls are top-level ones)."""
+
+    transparent = True
 
     def __init__(self, fn: Any, *, name: str, code: str) -> None:
         super().__init__(fn, name=name)
@@ -110,12 +112,15 @@ def default_cell_id(digest: str) -> str:
     return f"cell-{digest[:16]}"
 
 
-def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any, dict[str, Any]]:
+def run_cell(shell: Any, cell: str, workflow_id: str | None = None,
+             rerun_unrecorded: bool = False) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Run *cell* durably in *shell*'s namespace: ``(display value, report)``.
 
     A finished, unchanged cell is not executed: what it printed is shown again, its
     ``def``/``class``/``import`` statements run again and its other recorded names are
-    restored. A name that cannot be restored makes the cell run again (it says so).
+    restored. A name that cannot be restored makes the cell run again (it says so); with
+    *rerun_unrecorded*, so does a name that could not be recorded (a connection, a model
+    holding a thread), so that later cells find it.
     """
     __tracebackhide__ = True
     digest = cell_hash(cell)
@@ -126,7 +131,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
     def body() -> dict[str, Any]:
         __tracebackhide__ = True
         ran["executed"] = True
-        with _Tee() as printed, _Displays(shell) as shown:
+        with _Tee() as printed, _Displays(shell, printed) as shown:
             value = parts.execute()
             shown.flush_figures()
         out = parts.record()
@@ -141,10 +146,11 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None) -> tuple[Any
               "names": [n for n in out["names"] if n != GROUP] + out.get("grouped", []),
               "rerun_because": None}  # fmt: skip
     if not ran["executed"]:
-        failed = parts.restore(out)
+        failed = [f"{n} could not be recorded" for n in out["skipped"]] if rerun_unrecorded else []
+        failed = failed or parts.restore(out)
         if failed:  # never an error: run the cell again, recording it anew
             runtime.store().forget(wid)
-            value, again = run_cell(shell, cell, workflow_id)
+            value, again = run_cell(shell, cell, workflow_id, rerun_unrecorded)
             again["rerun_because"] = failed
             return value, again
     return (None if parts.quiet else out["value"]), report
@@ -251,13 +257,12 @@ class _Parts:
         self.ns.update(decoded.pop(GROUP, {}))
         self.ns.update(decoded)
         set_global_state(out.get("state", {}))
-        for stream in ("stdout", "stderr"):
-            if out.get(stream):
-                getattr(sys, stream).write(out[stream])
-        for data, metadata in out.get("displays", ()):
-            _publish(data, metadata)
+        _replay_outputs(out)
         return []
 
+
+#: The mime type of the report a cell run by `durablenb run` sends its runner (which removes it).
+RUNNER_MIME = "application/vnd.durablenb.cell+json"
 
 #: The key of the names a cell's record holds together in one pickle.
 GROUP = "*"
@@ -265,6 +270,25 @@ _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _RERUN = (ast.Import, ast.ImportFrom, *_DEFS)
 #: The most printed text recorded per stream of a cell.
 MAX_PRINTED = 1 << 20
+
+
+def _replay_outputs(out: dict[str, Any]) -> None:
+    """Print and display again what the cell showed, in the order it showed it."""
+    done = {"stdout": 0, "stderr": 0}
+
+    def print_up_to(at: tuple[int, int]) -> None:
+        for stream, upto in zip(("stdout", "stderr"), at, strict=True):
+            text = out.get(stream) or ""
+            if upto > done[stream]:
+                getattr(sys, stream).write(text[done[stream]:upto])
+                getattr(sys, stream).flush()
+                done[stream] = upto
+
+    for shown in out.get("displays", ()):
+        data, metadata = shown[0], shown[1]
+        print_up_to(shown[2] if len(shown) > 2 else (0, 0))
+        _publish(data, metadata)
+    print_up_to((len(out.get("stdout") or ""), len(out.get("stderr") or "")))
 
 
 def _ends_with_semicolon(cell: str) -> bool:
@@ -294,6 +318,10 @@ class _Tee:
         for k, stream in self.saved.items():
             setattr(sys, k, stream)
 
+    def sizes(self) -> tuple[int, int]:
+        """How much has been written to stdout and stderr so far."""
+        return self.kept["stdout"].tell(), self.kept["stderr"].tell()
+
     def text(self, stream: str) -> str:
         text = self.kept[stream].getvalue()
         return text if len(text) <= MAX_PRINTED else text[:MAX_PRINTED] + "\n[… more not recorded]\n"
@@ -316,11 +344,30 @@ _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 class _Displays:
     """While open, what the cell displays (images, HTML, widgets' text forms) still shows,
-    and its mime bundles are kept to show again on restore."""
+    and its mime bundles are kept to show again on restore: a display updated through its
+    display id (a progress line, a timeline's final copy) is kept as it ended."""
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: Any, printed: _Tee | None = None) -> None:
         self.pub = getattr(shell, "display_pub", None)
-        self.kept: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.printed = printed
+        #: [display id or None, data (None for a widget: its model dies with the kernel),
+        #: metadata, (characters printed to stdout, stderr before it)]
+        self._shown: list[list[Any]] = []
+
+    @property
+    def kept(self) -> list[tuple[dict[str, Any], dict[str, Any], tuple[int, int]]]:
+        return [(data, meta, at) for _, data, meta, at in self._shown if data and data != {"text/plain": ""}]
+
+    def _note(self, data: dict[str, Any], metadata: dict[str, Any] | None, kwargs: dict[str, Any]) -> None:
+        did = (kwargs.get("transient") or {}).get("display_id")
+        kept = None if _WIDGET_VIEW in data else dict(data)
+        if kwargs.get("update") and did is not None:
+            for entry in self._shown:
+                if entry[0] == did:
+                    entry[1], entry[2] = kept, dict(metadata or {})
+            return
+        at = self.printed.sizes() if self.printed is not None else (0, 0)
+        self._shown.append([did, kept, dict(metadata or {}), at])
 
     def __enter__(self) -> _Displays:
         if self.pub is not None:
@@ -328,8 +375,7 @@ class _Displays:
 
             def publish(data: dict[str, Any], metadata: dict[str, Any] | None = None,
                         *args: Any, **kwargs: Any) -> Any:  # fmt: skip
-                if _WIDGET_VIEW not in data:  # a widget's model is gone with its kernel
-                    self.kept.append((dict(data), dict(metadata or {})))
+                self._note(data, metadata, kwargs)
                 return original(data, metadata, *args, **kwargs)
 
             self.pub.publish = publish
