@@ -34,6 +34,8 @@ PHASES = (
     "step.before",         # a step is about to run its body
     "step.after",          # a step's body returned; its record is not written yet
     "record.written",      # a step record was just committed
+    "batch.before_commit",  # a batch of dnb.map records is built (blobs written), not written
+    "batch.after_commit",  # a batch of dnb.map records committed; no outcome handed back yet
     "txn.before_commit",   # a transaction's body and record are written, not committed
     "txn.after_commit",    # a transaction committed
     "blob.mid_write",      # half-way through writing a large value

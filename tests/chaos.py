@@ -2,10 +2,11 @@
 
 Each trial runs the MATRIX workflow in child processes. Every run but the last is killed
 (SIGKILL, through DURABLENB_FAULT) at a point drawn from those the workflow reaches:
-before and after step bodies, after a record is written, inside a transaction before and
-after its commit (one of them returns an output that cannot be recorded), half-way through
-a large value's blob, before the blob is committed, before and after the workflow's end is
-recorded, and right after the call returned to its caller. Then it runs until it finishes.
+before and after step bodies, after a record is written, before and after a batch of
+dnb.map records commits, inside a transaction before and after its commit (one of them
+returns an output that cannot be recorded), half-way through a large value's blob, before
+the blob is committed, before and after the workflow's end is recorded, and right after the
+call returned to its caller. Then it runs until it finishes.
 Two more phases come from outside: another process cancels the workflow at a random moment
 (then resumes it), or forgets and garbage-collects workflows whose ids look like its own
 while it runs.

@@ -49,6 +49,7 @@ NPY = "npy"  # numpy's .npy format: numeric, bool, datetime and string arrays
 JSON_MAX_ITEMS = 1000
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_STR = json.encoder.encode_basestring  # what _JSON.encode does with a str
 
 
 class EncodingError(TypeError):
@@ -87,6 +88,30 @@ def _json_safe(value: Any, budget: list[int]) -> bool:
     if t is dict:
         return all(type(k) is str and _json_safe(v, budget) for k, v in value.items())
     return False
+
+
+def encode_scalar(value: Any) -> Encoded | None:
+    """The JSON of a str, int, float, bool or None, as `encode` makes it but without its
+    general machinery (a `dnb.map` records thousands of these a second); None for anything
+    else, a float that JSON cannot hold, or an int too long to print."""
+    t = type(value)
+    try:
+        if t is int:
+            text = int.__repr__(value)
+        elif t is str:
+            text = _JSON_STR(value)
+        elif t is float and math.isfinite(value):
+            text = float.__repr__(value)
+        elif t is bool:
+            text = "true" if value else "false"
+        elif value is None:
+            text = "null"
+        else:
+            return None
+    except ValueError:  # an int over the interpreter's digit limit
+        return None
+    data = text.encode()
+    return Encoded(JSON, data, zlib.crc32(data))
 
 
 def choose(value: Any) -> str:

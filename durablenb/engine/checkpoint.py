@@ -13,6 +13,9 @@ Every kind of recorded position — step, transaction, child workflow, `dnb.star
    `UnserializableOutputError`), writes it unless the kind wrote it itself (a transaction,
    in its own database transaction), and returns the winner's outcome: when another
    executor recorded the position first, that record is what the caller gets.
+   `close_many` does the same for many positions of one run (`dnb.map` items that finished
+   close together) with one write for all their records: one statement, one commit (group
+   commit); no outcome is handed back before that commit.
 
 Errors of the machinery (`NOT_RECORDED`) pass through every step of this without being
 recorded, so the workflow stays resumable.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import linecache
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +80,15 @@ class Call:
     code: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Done:
     """How running a position ended.
 
     *ok* with *value* the output, else *value* the exception. *written*: the record the
     kind wrote itself; *winner*: a record another executor wrote first (ours was rolled back).
     *started_at*: when the body began, measured where it ran (a worker process), else the
-    slot's own start time is recorded.
+    slot's own start time is recorded. *record*: ours, built ahead by `Slot.prepare` (in a
+    `dnb.map` worker thread) and not written yet.
     """
 
     ok: bool
@@ -94,10 +98,13 @@ class Done:
     written: StepRecord | None = None
     winner: StepRecord | None = None
     started_at: float | None = None
+    record: StepRecord | None = None
 
 
 class Slot:
     """One position of a running workflow: replayed from its record, or run and recorded."""
+
+    __slots__ = ("run", "call", "position", "recorded", "label", "started_at")
 
     def __init__(
         self, run: WorkflowRun, call: Call, position: int, recorded: StepRecord | None,
@@ -148,27 +155,43 @@ class Slot:
         rec.error_message, rec.error_traceback = err.message, err.traceback_text
         return rec
 
+    def prepare(self, done: Done) -> None:
+        """Build *done*'s record now, in any thread (a `dnb.map` worker, so that encoding
+        outputs and writing their blobs happen off the workflow's thread); `close` and
+        `close_many` write it."""
+        if done.winner is None and done.written is None and done.record is None:
+            done.record = self.record(done)
+
     def close(self, done: Done) -> Any:
         """Record *done* (unless already written) and return the outcome that holds."""
         __tracebackhide__ = True
-        run = self.run
-        ours: StepRecord | None = None
         try:
-            if done.winner is not None:
-                winner = done.winner
-            elif done.written is not None:
-                ours = winner = done.written
-                run.lease.wrote(ours.position, run.lease.asynchronous)
-            else:
-                ours = self.record(done)
-                winner = run.lease.record_step(ours)
+            winner, ours = self._settle(done)
+            if winner is None:
+                assert ours is not None
+                winner = self.run.lease.record_step(ours)
                 if _faults.ACTIVE:
                     _faults.point("record.written")
         finally:
             self.release()
-        note_finished(run, winner, winner is not ours)
+        return self._hand(done, winner, ours)
+
+    def _settle(self, done: Done) -> tuple[StepRecord | None, StepRecord | None]:
+        """``(the record that holds already, ours)``: the winner another executor wrote, or
+        ours written by the kind itself; ``(None, ours)`` when ours is still to be written."""
+        if done.winner is not None:
+            return done.winner, None
+        if done.written is not None:
+            self.run.lease.wrote(done.written.position, self.run.lease.asynchronous)
+            return done.written, done.written
+        return None, done.record if done.record is not None else self.record(done)
+
+    def _hand(self, done: Done, winner: StepRecord, ours: StepRecord | None) -> Any:
+        """The outcome that holds once *winner* is recorded: ours, or the winner's replayed."""
+        __tracebackhide__ = True
+        note_finished(self.run, winner, winner is not ours)
         if winner is not ours:
-            return replay(run, winner)
+            return replay(self.run, winner)
         if done.ok:
             return done.value
         raise done.value
@@ -201,6 +224,56 @@ def open_slot(
         if not queued:
             slot.begin()
     return slot
+
+
+def close_many(slots: Sequence[Slot], dones: Sequence[Done]) -> list[tuple[bool, Any]]:
+    """`Slot.close` for many slots of one run: the records still to write (built ahead by
+    `Slot.prepare`, or now) go in one batch, written and committed at once
+    (`Lease.record_steps`: one statement, retried like one record), and each slot gets the
+    outcome that holds for it, ``(True, value)`` or ``(False, exception)``: where another
+    executor recorded a position first, its record wins there.
+
+    No outcome is handed back before the batch is committed (and flushed, under ``full``
+    durability). A record that cannot be built is that slot's error, unrecorded, as
+    `Slot.close` would raise it. Errors of the machinery (`NOT_RECORDED`) raise: the batch
+    committed whole or not at all, and the workflow stays resumable."""
+    __tracebackhide__ = True
+    settled: list[tuple[StepRecord | None, StepRecord | None]] = []
+    errors: dict[int, Exception] = {}
+    try:
+        for k, (slot, done) in enumerate(zip(slots, dones, strict=True)):
+            try:
+                settled.append(slot._settle(done))
+            except NOT_RECORDED:
+                raise
+            except Exception as exc:
+                settled.append((None, None))
+                errors[k] = exc
+        todo = [(k, ours) for k, (winner, ours) in enumerate(settled) if winner is None and ours is not None]
+        if todo:
+            if _faults.ACTIVE:
+                _faults.point("batch.before_commit")
+            winners = slots[0].run.lease.record_steps([ours for _, ours in todo])
+            if _faults.ACTIVE:
+                _faults.point("batch.after_commit")
+            for (k, ours), winner in zip(todo, winners, strict=True):
+                settled[k] = (winner, ours)
+    finally:
+        for slot in slots:
+            slot.release()
+    return [(False, errors[k]) if k in errors else _outcome(slot, done, *settled[k])
+            for k, (slot, done) in enumerate(zip(slots, dones, strict=True))]  # fmt: skip
+
+
+def _outcome(slot: Slot, done: Done, winner: StepRecord | None, ours: StepRecord | None) -> tuple[bool, Any]:
+    __tracebackhide__ = True
+    assert winner is not None
+    try:
+        return True, slot._hand(done, winner, ours)
+    except NOT_RECORDED:
+        raise
+    except Exception as exc:
+        return False, exc
 
 
 def checkpoint(run: WorkflowRun, call: Call, execute: Callable[[Slot], Done]) -> Any:

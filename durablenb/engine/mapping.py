@@ -3,8 +3,11 @@ executor or a Dask cluster (`_pools`), within a rate and a cap on items in fligh
 
 Positions are reserved in the workflow's thread, one per item in input order, and each goes
 through the checkpoint protocol: recorded items replay, the others run on the pool and are
-recorded as they finish (in the workflow's thread). A cancel stops items that have not
-started; items already running finish and are recorded.
+recorded as they finish, in the workflow's thread, those that finish together in one batch
+and one commit (`_groupcommit`; each item's output is encoded by the worker that ran it).
+On dnb.map's own threads with no rate or cap, each worker loops over the items (no future
+per item). A cancel stops items that have not started; items already running finish and
+are recorded.
 
 An item is running from the moment a worker picks it up until its record is written: that
 is its recorded start (queue time is not part of its duration) and when listeners hear
@@ -25,9 +28,10 @@ from typing import Any
 
 from ..errors import UnserializableArgumentsError, WorkflowCancelledError
 from . import events
+from ._groupcommit import Finished
 from ._pools import Cancelled as _Cancelled
 from ._pools import Feeder, Pool, check_max_in_flight, parse_rate, pool_for
-from .checkpoint import NOT_RECORDED, Done, Slot, open_slot
+from .checkpoint import NOT_RECORDED, Done, Slot, close_many, open_slot
 from .context import WorkflowRun, check_thread, current
 from .defs import Step, Transaction
 from .identity import MAX_NAME_BYTES, _check_text
@@ -149,7 +153,13 @@ def _run_item(spec: Step, item: Any, slot: Slot | None, running: _Running) -> Do
         from . import runtime
 
         return run_transaction(run.store if run else runtime.store(), spec, (item,), {}, slot)
-    return _attempt_item(spec, item)
+    done = _attempt_item(spec, item)
+    if slot is not None:
+        try:  # encode the output (and write its blob) here, off the workflow's thread
+            slot.prepare(done)
+        except Exception:  # built again when the item is recorded, which reports the error
+            pass
+    return done
 
 
 def map(
@@ -313,6 +323,8 @@ def _run_pending(
 ) -> None:  # fmt: skip
     """Run the items of *slots* on *pool* within *limits* (max_in_flight, rate) and record
     them as they finish."""
+    if not pool.pickled and limits == (None, None):
+        return _run_threads(spec, items, slots, run, pool, results, failures)
     max_in_flight, rate = limits
     pool.start(len(slots))
     running = _Running(min(pool.size or len(slots), max_in_flight or len(slots), len(slots)))
@@ -369,39 +381,115 @@ def _collect(
     spec: Step, total: int, pickled: bool, running: _Running, results: list[Any],
     failures: dict[int, BaseException],
 ) -> bool:  # fmt: skip
-    """Record each item as it finishes; returns whether a cancel stopped some."""
+    """Record the items as they finish, in batches (group commit: `_groupcommit`); returns
+    whether a cancel stopped some."""
     import pickle
 
-    done_count, cancelled = total - len(slots), False
-    for fut in cf.as_completed(futures):
-        i = futures[fut]
-        slot = slots[i]
-        done_count += 1
-        if run is not None and events.listeners:
-            events.emit("map_progress", run, spec.name, done_count, total)
+    def outcome(fut: cf.Future[Any]) -> tuple[int, Done | None]:
         try:
             out = fut.result()
-            done: Done = pickle.loads(out) if pickled else out
+            return futures[fut], pickle.loads(out) if pickled else out
         except _Cancelled:
-            cancelled = True
-            if slot is not None:
-                slot.release()
-            continue
+            return futures[fut], None
         except NOT_RECORDED:
             raise
         except Exception as exc:  # a worker process died, for instance
-            done = Done(False, exc)
-        if slot is None:
-            if done.ok:
+            return futures[fut], Done(False, exc)
+
+    return _record(Finished.of(futures), outcome, slots, run, spec, total, running, results, failures)
+
+
+def _run_threads(
+    spec: Step, items: list[Any], slots: dict[int, Slot | None], run: WorkflowRun | None, pool: Pool,
+    results: list[Any], failures: dict[int, BaseException],
+) -> None:  # fmt: skip
+    """Run the items of *slots* on *pool*'s threads with no limits: as many loops as it has
+    workers, each taking the next item when done with one (no future per item: tiny items
+    cost microseconds), each outcome queued for the workflow's thread to record in batches."""
+    pool.start(len(slots))
+    size = min(pool.size or len(slots), len(slots))
+    running, order, finished = _Running(size), deque(slots), Finished(len(slots))
+
+    def loop() -> None:
+        while True:
+            try:
+                i = order.popleft()
+            except IndexError:
+                return
+            finished.hold_back()
+            try:
+                finished.put((i, _run_item(spec, items[i], slots[i], running)))
+            except _Cancelled:
+                finished.put((i, None))
+            except BaseException as exc:  # noqa: B036 -- raised in the workflow's thread
+                finished.put((i, exc))
+
+    def outcome(entry: tuple[int, Any]) -> tuple[int, Done | None]:
+        i, got = entry
+        if not isinstance(got, BaseException):
+            return i, got
+        if isinstance(got, NOT_RECORDED) or not isinstance(got, Exception):
+            raise got
+        return i, Done(False, got)
+
+    base = contextvars.copy_context()  # the workflow thread's: each loop runs in a copy
+    try:
+        for _ in range(size):
+            pool.submit(spec.name, base.copy().run, loop)
+        cancelled = _record(finished, outcome, slots, run, spec, len(items), running, results, failures)
+    except BaseException:
+        order.clear()
+        running.close()
+        for slot in slots.values():
+            if slot is not None:
+                slot.release()
+        pool.close(wait=False)
+        raise
+    pool.close(wait=True)
+    if cancelled and run is not None:
+        raise WorkflowCancelledError(run.id)
+
+
+def _record(
+    finished: Finished, outcome: Callable[[Any], tuple[int, Done | None]], slots: dict[int, Slot | None],
+    run: WorkflowRun | None, spec: Step, total: int, running: _Running, results: list[Any],
+    failures: dict[int, BaseException],
+) -> bool:  # fmt: skip
+    """Record the items as they finish, in batches (group commit: `_groupcommit`): *outcome*
+    tells which item an entry of *finished* is and how it ended (None: cancelled before it
+    started). Returns whether a cancel stopped some."""
+    done_count, cancelled = total - len(slots), False
+    while finished.left:
+        batch = finished.take()
+        done_count += len(batch)
+        if run is not None and events.listeners:
+            events.emit("map_progress", run, spec.name, done_count, total)
+        closing: list[tuple[int, Slot, Done]] = []
+        for entry in batch:
+            i, done = outcome(entry)
+            slot = slots[i]
+            if done is None:  # cancelled before it started
+                cancelled = True
+                if slot is not None:
+                    slot.release()
+            elif slot is not None:
+                closing.append((i, slot, done))
+            elif done.ok:  # outside a workflow: nothing to record
                 results[i] = done.value
             else:
                 failures[i] = done.value
-            continue
-        try:
-            results[i] = slot.close(done)
-        except NOT_RECORDED:
-            raise
-        except Exception as exc:
-            failures[i] = exc
-        running.recorded(slot)
+        if closing:
+            _close(closing, running, results, failures)
     return cancelled
+
+
+def _close(closing: list[tuple[int, Slot, Done]], running: _Running, results: list[Any],
+           failures: dict[int, BaseException]) -> None:  # fmt: skip
+    """Record a batch of finished items in one commit; only then are their outcomes theirs."""
+    outcomes = close_many([slot for _, slot, _ in closing], [done for _, _, done in closing])
+    for (i, slot, _), (ok, value) in zip(closing, outcomes, strict=True):
+        if ok:
+            results[i] = value
+        else:
+            failures[i] = value
+        running.recorded(slot)

@@ -66,10 +66,10 @@ def encode_value(store: Store, value: Any, place: Place, owner: str | None = Non
     Raises `codecs.EncodingError` when no codec can encode it, `StorageError` when the blob
     store cannot take it.
     """
-    if type(value) in _SCALARS and codecs.choose(value) == codecs.JSON:  # the common small case
-        enc = codecs.encode(value, codecs.JSON)
-        if enc.size < store.settings.blob_threshold:
-            return Stored(enc.codec, enc.data, enc.checksum, enc.size)
+    if type(value) in _SCALARS:  # the common small case
+        enc = codecs.encode_scalar(value)
+        if enc is not None and len(enc.data) < store.settings.blob_threshold:
+            return Stored(enc.codec, enc.data, enc.checksum, len(enc.data))
     codec = codecs.choose(value)
     blobs = store.blobs
     threshold = store.settings.blob_threshold

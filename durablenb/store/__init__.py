@@ -20,6 +20,7 @@ from psycopg.rows import class_row
 from ..errors import StorePermissionError, StoreUnavailableError
 from ..settings import Settings
 from ._admin import AdminMixin
+from ._batch import BatchInsert
 from ._dsn import mask_dsn, scrub
 from ._gc import BlobGcMixin
 from ._lineage import LineageMixin
@@ -82,6 +83,8 @@ class _Queries:
         self.begin = self._begin(child=False)
         self.begin_child = self._begin(child=True)
         self._inserts: dict[tuple[tuple[str, ...], bool], str] = {}
+        #: INSERTs of many step records at once (`BatchInsert`).
+        self.insert_steps = BatchInsert(s)
         self.finish = (
             f"WITH upd AS (UPDATE {s}.workflows SET status = %(status)s, output = %(output)b, "
             "output_codec = %(codec)s, output_checksum = %(checksum)s, error = %(error)b, "
@@ -460,3 +463,30 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
             except psycopg.errors.UniqueViolation:  # the only unique key of steps: the position
                 return False
             return True
+
+    def insert_steps_in(
+        self, conn: psycopg.Connection, recs: list[StepRecord], cur: psycopg.Cursor | None = None,
+        asynchronous: bool = False,
+    ) -> set[int]:  # fmt: skip
+        """Write *recs* (records of one workflow) on *conn* in one statement, so they commit
+        together; returns the positions written: all of them, or, when some already held a
+        record (another executor's, which wins), the others. *asynchronous*: the commit
+        does not wait for its log flush."""
+        cur = cur or conn.cursor()
+        with self._guard(conn):
+            try:
+                cur.execute(*self._q.insert_steps(recs, asynchronous), prepare=True)
+                return {r.position for r in recs}
+            except psycopg.errors.UniqueViolation:  # rolled back whole: write the others
+                sql, params = self._q.insert_steps(recs, asynchronous, skip_held=True)
+                return {row[0] for row in cur.execute(sql, params, prepare=True).fetchall()}
+
+    def steps_at(
+        self, workflow_id: str, positions: list[int], conn: psycopg.Connection
+    ) -> dict[int, StepRecord]:
+        """The records of *workflow_id* at *positions* that exist, by position."""
+        q = (f"SELECT {STEP_COLUMNS} FROM {self.qschema}.steps WHERE workflow_id = %s "
+             "AND position = ANY(%s)")  # fmt: skip
+        with self._guard(conn):
+            cur = conn.cursor(row_factory=class_row(StepRecord), binary=True)
+            return {rec.position: rec for rec in cur.execute(q, [workflow_id, positions]).fetchall()}

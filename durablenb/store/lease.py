@@ -144,6 +144,26 @@ class Lease:
             return rec
         return self.store.get_step(self.workflow_id, rec.position, conn=conn) or rec
 
+    def record_steps(self, recs: list[StepRecord]) -> list[StepRecord]:
+        """Write *recs* together: one statement, one commit (the group commit of `dnb.map`
+        items). Returns, for each, the record that holds its position: itself, or the one
+        another executor wrote first (which wins). Retried on a new connection like
+        `record_step`; the batch commits whole or not at all."""
+        return self._retrying(lambda: self._record_steps(recs))
+
+    def _record_steps(self, recs: list[StepRecord]) -> list[StepRecord]:
+        conn = self._c
+        written = self.store.insert_steps_in(conn, recs, self._cursor, self.asynchronous)
+        if written and self.asynchronous:
+            self.unflushed.extend(sorted(written))
+        elif written:
+            self.wrote(-1, False)  # the batch's commit flushed the log up to it
+        if len(written) == len(recs):
+            return recs
+        held = self.store.steps_at(self.workflow_id, [r.position for r in recs if r.position not in written],
+                                    conn=conn)  # fmt: skip
+        return [rec if rec.position in written else held.get(rec.position, rec) for rec in recs]
+
     def wrote(self, position: int, asynchronous: bool) -> None:
         """Note that the record at *position* committed (on any connection)."""
         if asynchronous:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StepRecord:
     """One recorded step: its output (or error) at a position of a workflow."""
 

@@ -1,0 +1,90 @@
+"""Group commit of `dnb.map` items: the records of items that finish close together are
+written in one batch, one statement and one commit (`checkpoint.close_many`).
+
+The workflow's thread takes finished items in the order they finish and closes them in
+batches: it waits for one, then takes every other one already finished, and waits a little
+for more while items are still out, until `BATCH_MAX` records wait or `BATCH_WAIT` seconds
+have passed since the first of them finished. A batch is written at once when it holds every
+item still out (the end of a map, or its last slow items). While a batch commits, the workers
+go on: the next batch gathers meanwhile, so the batches grow with the rate items finish at.
+
+Why these bounds: a batch's commit costs one round trip and, under ``full`` durability, one
+log flush, whatever its size; 500 records spread that over enough rows that the rows
+themselves dominate (docs/performance.md, Group commit), while a batch still takes only
+milliseconds to write and a crash loses at most a few batches of finished work. 5 ms bounds
+how long a record waits for companions, far less than a step usually runs; it is reached only
+when items finish slower than 500 per 5 ms, when there is little to gain from waiting longer.
+Worker loops (`hold_back`) stop taking new items while `BACKLOG` full batches wait: beyond
+that, running more items only takes the interpreter from the thread that records them.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterable
+from typing import Any
+
+#: A batch is written once this many records wait...
+BATCH_MAX = 500
+#: ...or this many seconds after the first of them finished (or at once when it holds every
+#: item still out).
+BATCH_WAIT = 0.005
+#: Worker loops wait while this many full batches wait to be recorded.
+BACKLOG = 2
+
+
+class Finished:
+    """Outcomes of a map's items, handed to the workflow's thread in batches as they finish.
+
+    Whatever finishes an item puts its entry here (`put`, from any thread): a worker loop
+    its outcome, a future itself (`of`: a done-callback). A batch costs nothing per item
+    still running, whatever their number.
+    """
+
+    def __init__(self, count: int, *, max_size: int = BATCH_MAX, wait: float = BATCH_WAIT) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Items not handed out in a batch yet.
+        self.left = count
+        self.max_size = max_size
+        self.wait = wait
+        self.put = self._queue.put
+
+    def hold_back(self) -> None:
+        """Wait while `BACKLOG` batches are finished and not recorded yet (in a worker loop,
+        before it runs an item): beyond that, running more items only takes the interpreter
+        from the thread that records them."""
+        q, most = self._queue, self.max_size * BACKLOG
+        while q.qsize() >= most:
+            time.sleep(0.0005)
+
+    @classmethod
+    def of(cls, futures: Iterable[Any]) -> Finished:
+        """The futures *futures*, each an entry once it is done."""
+        futures = list(futures)
+        finished = cls(len(futures))
+        for fut in futures:
+            fut.add_done_callback(finished.put)
+        return finished
+
+    def take(self) -> list[Any]:
+        """The next batch of entries (at least one; blocks until an item finishes)."""
+        q = self._queue
+        batch = [q.get()]
+        limit = min(self.max_size, self.left)
+        deadline = time.monotonic() + self.wait
+        while len(batch) < limit:
+            try:
+                batch.append(q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(q.get(timeout=left))
+            except queue.Empty:
+                break
+        self.left -= len(batch)
+        return batch
