@@ -323,6 +323,14 @@ _COLOURS = """(els) => els.map((e) => {
 })"""
 
 
+_STATES = ["running", "replayed", "retried", "failed", "succeeded", "cancelled", "interrupted",
+           "queued"]  # fmt: skip
+_SPANS = "".join(f"<span class='dnb-state' data-state='{s}'>{s}</span> " for s in _STATES)
+#: Adds a row of every state to a timeline, to measure the ones a run does not reach.
+_EVERY_STATE = ("(tl) => { const d = document.createElement('div'); d.className = 'dnb-every-state'; "
+                f"d.innerHTML = {_SPANS!r}; tl.querySelector('.dnb-body').appendChild(d); }}")  # fmt: skip
+
+
 def _rgba(text: str) -> list[float]:
     parts = [float(x) for x in re.findall(r"[\d.]+", text)]
     return parts[:3] + [parts[3] if len(parts) > 3 else 1.0]
@@ -349,7 +357,7 @@ def test_state_text_contrast_in_both_themes(schema, tmp_path, run_child, theme):
         pytest.skip("colours do not depend on the database: checked on the embedded run")
 
     lab = Lab(tmp_path, theme=theme)
-    lab.env["REPORT_SECONDS"] = "4"
+    lab.env["REPORT_SECONDS"] = "8"  # long enough to see it running on a busy machine
     lab.start()
     try:
         _seed_crash(run_child, lab, "flights.ipynb")
@@ -370,11 +378,14 @@ def test_state_text_contrast_in_both_themes(schema, tmp_path, run_child, theme):
                 done = page.locator(".durablenb-static [data-workflow-status='succeeded']")
                 done.wait_for(timeout=90_000)
                 measured += page.locator(".durablenb-static").locator(states).evaluate_all(_COLOURS)
+                # States this run does not reach, drawn the same way in the same output.
+                page.locator(".durablenb-static").first.evaluate(_EVERY_STATE)
+                measured += page.locator(".dnb-every-state .dnb-state").evaluate_all(_COLOURS)
                 seen: dict[str, float] = {}
                 for state, colour, background in measured:
                     ratio = _contrast(colour, background)
                     seen[state] = min(ratio, seen.get(state, ratio))
-                assert {"running", "replayed", "retried", "failed", "succeeded"} <= set(seen), seen
+                assert set(_STATES) <= set(seen), seen
                 low = {s: round(c, 2) for s, c in seen.items() if c < 4.5}
                 assert not low, f"{theme}: contrast below 4.5:1 for {low}"
                 PICTURES.mkdir(exist_ok=True)
