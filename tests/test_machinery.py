@@ -170,6 +170,7 @@ def _examples() -> list[BaseException]:
         e.DurableError("root"),
         e.StoreUnavailableError("cannot reach", dsn="postgresql://u:***@h/db", sqlstate="53100"),
         e.RecordsLostError("wf-1", [4, 5], row_lost=True),
+        e.StorePermissionError("no access", schema="durablenb_alice", role="bob", owner="alice"),
         e.StorageError("disk full"),
         e.SchemaVersionError("newer"),
         e.CorruptRecordError("bad crc"),
