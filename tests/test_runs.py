@@ -120,6 +120,17 @@ def test_a_run_killed_at_a_random_cell_resumes_to_the_same_notebook(schema, tmp_
                               "--nbval-lax", str(out)], env=check_env, capture_output=True, text=True,
                              timeout=600)  # fmt: skip
     assert checked.returncode == 0, checked.stdout[-3000:]
+    # A parameter changes the result and makes another run.
+    aa = _durablenb("run", str(base), "-p", "carrier", "AA", "-o", str(tmp_path / "aa.ipynb"),
+                    env={**env, "EFFECTS_DIR": str(base_effects)})  # fmt: skip
+    assert aa.returncode == 0, aa.stderr[-3000:]
+    one = nbformat.read(str(tmp_path / "aa.ipynb"), as_version=4)
+    all_ = nbformat.read(str(tmp_path / "base-out.ipynb"), as_version=4)
+    assert one.metadata["durablenb"]["run_id"] != all_.metadata["durablenb"]["run_id"]
+    def report(nb: Any) -> str:  # the parameter cell shifts the cells: find it by its code
+        return next(_printed(c) for c in nb.cells if 'print(result["report"])' in c.get("source", ""))
+
+    assert "1 carriers" in report(one) and "16 carriers" in report(all_)
 
 
 def test_parameters_change_the_result_and_the_run_id(schema, tmp_path):
