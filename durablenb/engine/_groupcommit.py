@@ -21,6 +21,7 @@ that, running more items only takes the interpreter from the thread that records
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -42,21 +43,24 @@ class Finished:
     still running, whatever their number.
     """
 
-    def __init__(self, count: int, *, max_size: int = BATCH_MAX, wait: float = BATCH_WAIT) -> None:
+    def __init__(self, count: int, *, max_size: int | None = None, wait: float | None = None) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         #: Items not handed out in a batch yet.
         self.left = count
-        self.max_size = max_size
-        self.wait = wait
+        self.max_size = BATCH_MAX if max_size is None else max_size
+        self.wait = BATCH_WAIT if wait is None else wait
         self.put = self._queue.put
+        self._room = threading.Event()
 
     def hold_back(self) -> None:
         """Wait while `BACKLOG` batches are finished and not recorded yet (in a worker loop,
         before it runs an item): beyond that, running more items only takes the interpreter
-        from the thread that records them."""
+        from the thread that records them. `take` wakes the waiting loops."""
         q, most = self._queue, self.max_size * BACKLOG
         while q.qsize() >= most:
-            time.sleep(0.0005)
+            self._room.clear()
+            if q.qsize() >= most:
+                self._room.wait(0.05)
 
     @classmethod
     def of(cls, futures: Iterable[Any]) -> Finished:
@@ -87,4 +91,5 @@ class Finished:
             except queue.Empty:
                 break
         self.left -= len(batch)
+        self._room.set()
         return batch
