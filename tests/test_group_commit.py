@@ -195,7 +195,16 @@ def _executions(effects) -> list[tuple[int, int]]:
 
 
 def _recorded(sql, schema: str) -> set[int]:
-    """Positions recorded in *schema* (which holds this test's one workflow)."""
+    """Positions recorded in *schema* (which holds this test's one workflow), once the
+    session of a killed run is gone: a statement it had sent still commits after the kill."""
+    row = sql.execute(f'SELECT id FROM "{schema}".workflows').fetchone()
+    if row is not None:
+        key = dnb.connect().lock_key(row[0])
+        deadline = time.monotonic() + 60
+        while not sql.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+            assert time.monotonic() < deadline, "the killed run's session never ended"
+            time.sleep(0.01)
+        sql.execute("SELECT pg_advisory_unlock(%s)", [key])
     return {p for (p,) in sql.execute(f'SELECT position FROM "{schema}".steps').fetchall()}
 
 

@@ -261,19 +261,19 @@ def close_many(slots: Sequence[Slot], dones: Sequence[Done]) -> list[tuple[bool,
     finally:
         for slot in slots:
             slot.release()
-    return [(False, errors[k]) if k in errors else _outcome(slot, done, *settled[k])
-            for k, (slot, done) in enumerate(zip(slots, dones, strict=True))]  # fmt: skip
-
-
-def _outcome(slot: Slot, done: Done, winner: StepRecord | None, ours: StepRecord | None) -> tuple[bool, Any]:
-    __tracebackhide__ = True
-    assert winner is not None
-    try:
-        return True, slot._hand(done, winner, ours)
-    except NOT_RECORDED:
-        raise
-    except Exception as exc:
-        return False, exc
+    outcomes: list[tuple[bool, Any]] = []
+    for k, (slot, done) in enumerate(zip(slots, dones, strict=True)):
+        held, mine = settled[k]
+        if held is None:
+            outcomes.append((False, errors[k]))
+            continue
+        try:
+            outcomes.append((True, slot._hand(done, held, mine)))
+        except NOT_RECORDED:
+            raise
+        except Exception as exc:
+            outcomes.append((False, exc))
+    return outcomes
 
 
 def checkpoint(run: WorkflowRun, call: Call, execute: Callable[[Slot], Done]) -> Any:

@@ -121,22 +121,26 @@ class _Running:
             slot.begin(t0)
         return True
 
-    def recorded(self, slot: Slot) -> None:
-        """*slot*'s record was written (its step_finished emitted): its place goes to the
-        next waiting item."""
+    def recorded(self, slots: list[Slot]) -> None:
+        """The records of *slots* were written (their step_finished emitted): their places
+        go to the next waiting items."""
+        starting = []
         with self._lock:
-            self._recorded.add(slot.position)
-            if slot.position not in self._shown:
-                return
-            self._shown.discard(slot.position)
-            while self._waiting and self._waiting[0][0].position in self._recorded:
-                self._waiting.popleft()
-            if not self._waiting:
-                self._free += 1
-                return
-            nxt, t0 = self._waiting.popleft()
-            self._shown.add(nxt.position)
-        nxt.begin(t0)
+            for slot in slots:
+                self._recorded.add(slot.position)
+                if slot.position not in self._shown:
+                    continue
+                self._shown.discard(slot.position)
+                while self._waiting and self._waiting[0][0].position in self._recorded:
+                    self._waiting.popleft()
+                if not self._waiting:
+                    self._free += 1
+                    continue
+                nxt, t0 = self._waiting.popleft()
+                self._shown.add(nxt.position)
+                starting.append((nxt, t0))
+        for nxt, t0 in starting:
+            nxt.begin(t0)
 
     def close(self) -> None:
         """Abandon the map: items picked up from now on do not run."""
@@ -486,10 +490,11 @@ def _record(
 def _close(closing: list[tuple[int, Slot, Done]], running: _Running, results: list[Any],
            failures: dict[int, BaseException]) -> None:  # fmt: skip
     """Record a batch of finished items in one commit; only then are their outcomes theirs."""
-    outcomes = close_many([slot for _, slot, _ in closing], [done for _, _, done in closing])
-    for (i, slot, _), (ok, value) in zip(closing, outcomes, strict=True):
+    slots = [slot for _, slot, _ in closing]
+    outcomes = close_many(slots, [done for _, _, done in closing])
+    for (i, _, _), (ok, value) in zip(closing, outcomes, strict=True):
         if ok:
             results[i] = value
         else:
             failures[i] = value
-        running.recorded(slot)
+    running.recorded(slots)
