@@ -45,6 +45,26 @@ def test_batches_are_bounded_by_count_and_by_what_is_still_out():
     assert alone.take() == ["x"] and alone.left == 9  # the wait is bounded
 
 
+def test_worker_loops_wait_for_the_recorder_and_go_when_the_map_is_abandoned():
+    finished = _groupcommit.Finished(5000, max_size=10)
+    for i in range(10 * _groupcommit.BACKLOG):
+        finished.put(i)
+    waited = threading.Thread(target=finished.hold_back, daemon=True)
+    waited.start()
+    waited.join(0.2)
+    assert waited.is_alive()  # a full backlog: the loop waits...
+    assert len(finished.take()) == 10
+    waited.join(10)
+    assert not waited.is_alive()  # ...until the recorder took a batch
+    for i in range(10):
+        finished.put(i)
+    stuck = threading.Thread(target=finished.hold_back, daemon=True)
+    stuck.start()
+    finished.close()  # the map was abandoned: nothing will take the backlog
+    stuck.join(10)
+    assert not stuck.is_alive()
+
+
 def _batches(tmp_path, fn):
     """Run *fn* counting the kill points reached (in this process)."""
     counts = tmp_path / "points.log"

@@ -51,16 +51,22 @@ class Finished:
         self.wait = BATCH_WAIT if wait is None else wait
         self.put = self._queue.put
         self._room = threading.Event()
+        self._closed = False
 
     def hold_back(self) -> None:
         """Wait while `BACKLOG` batches are finished and not recorded yet (in a worker loop,
         before it runs an item): beyond that, running more items only takes the interpreter
         from the thread that records them. `take` wakes the waiting loops."""
         q, most = self._queue, self.max_size * BACKLOG
-        while q.qsize() >= most:
+        while q.qsize() >= most and not self._closed:
             self._room.clear()
-            if q.qsize() >= most:
+            if q.qsize() >= most and not self._closed:
                 self._room.wait(0.05)
+
+    def close(self) -> None:
+        """Nothing will be taken any more (the map was abandoned): let waiting loops go."""
+        self._closed = True
+        self._room.set()
 
     @classmethod
     def of(cls, futures: Iterable[Any]) -> Finished:

@@ -443,6 +443,7 @@ def _run_threads(
         cancelled = _record(finished, outcome, slots, run, spec, len(items), running, results, failures)
     except BaseException:
         order.clear()
+        finished.close()
         running.close()
         for slot in slots.values():
             if slot is not None:
