@@ -23,8 +23,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from . import events
+from .checkpoint import Done, Slot, close_many
+from .context import WorkflowRun
 
 #: A batch is written once this many records wait...
 BATCH_MAX = 500
@@ -99,3 +103,56 @@ class Finished:
         self.left -= len(batch)
         self._room.set()
         return batch
+
+
+class Running(Protocol):
+    """What learns that items were recorded (dnb.map's running items)."""
+
+    def recorded(self, slots: list[Slot]) -> None: ...
+
+
+def record(
+    finished: Finished, outcome: Callable[[Any], tuple[int, Done | None]], slots: dict[int, Slot | None],
+    run: WorkflowRun | None, name: str, total: int, running: Running, results: list[Any],
+    failures: dict[int, BaseException],
+) -> bool:  # fmt: skip
+    """Record a map's items as they finish, in batches, in the workflow's thread: *outcome*
+    tells which item an entry of *finished* is and how it ended (None: cancelled before it
+    started); *results* and *failures* get what holds for each once its batch committed.
+    Returns whether a cancel stopped some."""
+    done_count, cancelled = total - len(slots), False
+    while finished.left:
+        batch = finished.take()
+        done_count += len(batch)
+        if run is not None and events.listeners:
+            events.emit("map_progress", run, name, done_count, total)
+        closing: list[tuple[int, Slot, Done]] = []
+        for entry in batch:
+            i, done = outcome(entry)
+            slot = slots[i]
+            if done is None:  # cancelled before it started
+                cancelled = True
+                if slot is not None:
+                    slot.release()
+            elif slot is not None:
+                closing.append((i, slot, done))
+            elif done.ok:  # outside a workflow: nothing to record
+                results[i] = done.value
+            else:
+                failures[i] = done.value
+        if closing:
+            _close(closing, running, results, failures)
+    return cancelled
+
+
+def _close(closing: list[tuple[int, Slot, Done]], running: Running, results: list[Any],
+           failures: dict[int, BaseException]) -> None:  # fmt: skip
+    """Record a batch of finished items in one commit; only then are their outcomes theirs."""
+    slots = [slot for _, slot, _ in closing]
+    outcomes = close_many(slots, [done for _, _, done in closing])
+    for (i, _, _), (ok, value) in zip(closing, outcomes, strict=True):
+        if ok:
+            results[i] = value
+        else:
+            failures[i] = value
+    running.recorded(slots)

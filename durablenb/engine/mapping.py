@@ -27,11 +27,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import UnserializableArgumentsError, WorkflowCancelledError
-from . import events
-from ._groupcommit import Finished
+from ._groupcommit import Finished, record
 from ._pools import Cancelled as _Cancelled
 from ._pools import Feeder, Pool, check_max_in_flight, parse_rate, pool_for
-from .checkpoint import NOT_RECORDED, Done, Slot, close_many, open_slot
+from .checkpoint import NOT_RECORDED, Done, Slot, open_slot
 from .context import WorkflowRun, check_thread, current
 from .defs import Step, Transaction
 from .identity import MAX_NAME_BYTES, _check_text
@@ -400,7 +399,7 @@ def _collect(
         except Exception as exc:  # a worker process died, for instance
             return futures[fut], Done(False, exc)
 
-    return _record(Finished.of(futures), outcome, slots, run, spec, total, running, results, failures)
+    return record(Finished.of(futures), outcome, slots, run, spec.name, total, running, results, failures)
 
 
 def _run_threads(
@@ -440,7 +439,7 @@ def _run_threads(
     try:
         for _ in range(size):
             pool.submit(spec.name, base.copy().run, loop)
-        cancelled = _record(finished, outcome, slots, run, spec, len(items), running, results, failures)
+        cancelled = record(finished, outcome, slots, run, spec.name, len(items), running, results, failures)
     except BaseException:
         order.clear()
         finished.close()
@@ -453,49 +452,3 @@ def _run_threads(
     pool.close(wait=True)
     if cancelled and run is not None:
         raise WorkflowCancelledError(run.id)
-
-
-def _record(
-    finished: Finished, outcome: Callable[[Any], tuple[int, Done | None]], slots: dict[int, Slot | None],
-    run: WorkflowRun | None, spec: Step, total: int, running: _Running, results: list[Any],
-    failures: dict[int, BaseException],
-) -> bool:  # fmt: skip
-    """Record the items as they finish, in batches (group commit: `_groupcommit`): *outcome*
-    tells which item an entry of *finished* is and how it ended (None: cancelled before it
-    started). Returns whether a cancel stopped some."""
-    done_count, cancelled = total - len(slots), False
-    while finished.left:
-        batch = finished.take()
-        done_count += len(batch)
-        if run is not None and events.listeners:
-            events.emit("map_progress", run, spec.name, done_count, total)
-        closing: list[tuple[int, Slot, Done]] = []
-        for entry in batch:
-            i, done = outcome(entry)
-            slot = slots[i]
-            if done is None:  # cancelled before it started
-                cancelled = True
-                if slot is not None:
-                    slot.release()
-            elif slot is not None:
-                closing.append((i, slot, done))
-            elif done.ok:  # outside a workflow: nothing to record
-                results[i] = done.value
-            else:
-                failures[i] = done.value
-        if closing:
-            _close(closing, running, results, failures)
-    return cancelled
-
-
-def _close(closing: list[tuple[int, Slot, Done]], running: _Running, results: list[Any],
-           failures: dict[int, BaseException]) -> None:  # fmt: skip
-    """Record a batch of finished items in one commit; only then are their outcomes theirs."""
-    slots = [slot for _, slot, _ in closing]
-    outcomes = close_many(slots, [done for _, _, done in closing])
-    for (i, _, _), (ok, value) in zip(closing, outcomes, strict=True):
-        if ok:
-            results[i] = value
-        else:
-            failures[i] = value
-    running.recorded(slots)
