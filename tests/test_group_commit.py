@@ -101,6 +101,48 @@ def test_many_items_are_recorded_in_few_batches(schema, tmp_path, durability):
     assert sorted(unflushed) == (list(range(3000)) if durability == "kernel" else [])
 
 
+def test_listeners_never_hear_an_item_start_after_its_record(schema):
+    """Items recorded in one batch free their places for waiting items: never for one of
+    the same batch, which is recorded already."""
+    order: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    class Listener(events.Listener):
+        def step_started(self, run: Any, position: int, name: str, kind: str) -> None:
+            with lock:
+                order.append(("started", position))
+
+        def step_finished(self, run: Any, record: Any, replayed: bool) -> None:
+            with lock:
+                order.append(("finished", record.position))
+
+    @dnb.step
+    def tiny(x):
+        return x
+
+    @dnb.workflow
+    def wf():
+        return dnb.map(tiny, range(2000), workers=3)
+
+    listener = Listener()
+    events.add_listener(listener)
+    try:
+        assert wf() == list(range(2000))
+    finally:
+        events.remove_listener(listener)
+    finished: set[int] = set()
+    running: set[int] = set()
+    for what, position in order:
+        assert position not in finished, f"position {position} {what} after its record"
+        if what == "started":
+            running.add(position)
+        else:
+            running.discard(position)
+            finished.add(position)
+    assert finished == set(range(2000)) and not running
+    assert len([p for what, p in order if what == "started"]) >= 3
+
+
 def test_a_position_recorded_by_another_executor_wins_in_its_batch(schema, sql):
     store = dnb.connect()
     seen: list[tuple[int, bool]] = []

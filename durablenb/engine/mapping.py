@@ -125,8 +125,8 @@ class _Running:
         go to the next waiting items."""
         starting = []
         with self._lock:
+            self._recorded.update(slot.position for slot in slots)  # none of them starts now
             for slot in slots:
-                self._recorded.add(slot.position)
                 if slot.position not in self._shown:
                     continue
                 self._shown.discard(slot.position)
