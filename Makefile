@@ -34,12 +34,8 @@ browser:
 	  else echo "install Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; \
 	fi
 
-# Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN). The two
-# runs go side by side (much of a run waits on kernels, browsers and sleeps); each one's
-# output is printed whole when it ends.
-test: lint browser
-	$(MAKE) -j2 --output-sync=target test-embedded test-server
-	$(MAKE) test-notebooks
+# Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN).
+test: lint browser test-embedded test-server test-notebooks
 
 test-embedded: $(VENV)/.installed
 	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
