@@ -3,9 +3,9 @@
 ``INSERT … SELECT … FROM unnest(arrays)``: a column that holds one value in every record
 is sent once, a column NULL in all of them not at all, the others as one array each; one
 statement, one round trip, one commit. `bench/batch_writes.py` compares it with a
-multi-row VALUES list (twice the client's time: a parameter per value) and with COPY (into
-the table itself, or a temporary one and INSERT … SELECT), which needs more round trips,
-and a transaction of its own under ``kernel`` durability, for no faster a write.
+multi-row VALUES list (over ten times the client's time: a parameter per value) and with
+COPY (into the table itself, or a temporary one and INSERT … SELECT), which needs more
+round trips, and a transaction of its own under ``kernel`` durability, for a slower write.
 
 A plain INSERT, as for one record: a position already recorded (another executor's record,
 which wins) is a unique violation that fails the whole statement, rare, and cheaper than a
