@@ -47,7 +47,7 @@ def kernel_env(schema):
 
 def test_flights_notebook_resumes_after_its_kernel_is_killed(kernel_env, schema):
     cells = code_cells()
-    run_at = next(i for i, c in enumerate(cells) if c.strip() == "result = flights_analysis()")
+    run_at = next(i for i, c in enumerate(cells) if c.strip() == "result = flights_analysis(carrier)")
 
     # An uninterrupted run, in its own schema, gives the report to expect.
     ref = Kernel(kernel_env(DURABLENB_SCHEMA=schema + "_ref"))
