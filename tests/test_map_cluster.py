@@ -14,6 +14,8 @@ import pytest
 
 import durablenb as dnb
 
+from .test_finish_cancel import _cli, _wait_for
+
 distributed = pytest.importorskip(
     "distributed", reason="dnb.map(executor=Client) needs Dask's distributed: pip install -e '.[dask]'"
 )
@@ -22,7 +24,7 @@ distributed = pytest.importorskip(
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cl:  # fmt: skip
+                                  dashboard_address=":0") as cl:  # fmt: skip
         yield cl
 
 
@@ -138,6 +140,41 @@ def test_a_killed_driver_reruns_no_recorded_item(run_child, effects, sql, schema
     assert ran_on <= workers  # every item ran on a worker, never in a driver
     total = sql.execute(f'SELECT count(*) FROM "{schema}".steps').fetchone()[0]
     assert total == 12
+
+
+CANCELLED = """
+import time
+from distributed import Client
+
+@dnb.step
+def item(i):
+    hit("item", i)
+    time.sleep(0.3)
+    return i
+
+@dnb.workflow
+def many():
+    return dnb.map(item, range(100), executor=Client(os.environ["DASK_SCHEDULER"]))
+
+with dnb.workflow_id("cluster-cancel"):
+    try:
+        print(json.dumps(many()))
+    except dnb.WorkflowCancelledError:
+        print(json.dumps("cancelled"))
+"""
+
+
+def test_a_cancel_stops_the_items_the_cluster_has_not_started(run_child, effects, sql, schema, cluster):
+    proc = run_child(CANCELLED, env={"DASK_SCHEDULER": cluster.scheduler_address}, background=True)
+    _wait_for(effects, "item", 2)  # 100 items: plenty left when the CLI (a new process) cancels
+    assert _cli("cancel", "cluster-cancel") == "cancelled"
+    started = effects.count("item")
+    out, err = proc.communicate(timeout=60)
+    assert json.loads(out.splitlines()[-1]) == "cancelled", err[-3000:]
+    time.sleep(0.5)  # a task the cancel missed would have started by now
+    assert effects.count("item") <= started + 2  # one running per worker, at most; no new ones
+    recorded = sql.execute(f'SELECT count(*) FROM "{schema}".steps').fetchone()[0]
+    assert recorded <= effects.count("item")
 
 
 def _fragile(job: tuple[str, int]) -> int:

@@ -207,26 +207,31 @@ def item(i):
     return i
 
 @dnb.workflow
-def many():
-    with cf.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return dnb.map(item, range(20), executor=pool, max_in_flight=2)
+def many(processes, cap):
+    with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dnb.map(item, range(100), executor=pool, max_in_flight=cap)
 
 if __name__ == "__main__":
     with dnb.workflow_id("map-cancel-exec"):
         try:
-            print(json.dumps(many()))
+            print(json.dumps(many(*json.loads(sys.argv[1]))))
         except dnb.WorkflowCancelledError:
             print(json.dumps("cancelled"))
 """
 
 
-def test_items_not_handed_out_never_start_after_a_cancel(run_child, effects, sql, schema):
-    proc = run_child(MAP_CANCEL, background=True)
-    _wait_for(effects, "item", 2)
+@pytest.mark.parametrize("processes,cap,ahead", [(4, 2, 2), (2, None, 4)], ids=["max_in_flight", "default"])
+def test_items_not_handed_out_never_start_after_a_cancel(
+    run_child, effects, sql, schema, processes, cap, ahead
+):
+    # What may still start: max_in_flight items; or, without it, the items a process pool has
+    # moved to its call queue (max_workers + 1: it marks them running, they cannot be cancelled).
+    proc = run_child(MAP_CANCEL, json.dumps([processes, cap]), background=True)
+    _wait_for(effects, "item", 2)  # 100 items: plenty left when the CLI (a new process) cancels
     assert _cli("cancel", "map-cancel-exec") == "cancelled"
     started = effects.count("item")
     out, err = proc.communicate(timeout=60)
     assert json.loads(out) == "cancelled", err[-2000:]
-    assert effects.count("item") <= started + 2  # the two in flight, at most; no new ones
+    assert effects.count("item") <= started + ahead  # those handed out, at most; no new ones
     recorded = sql.execute(f'SELECT count(*) FROM "{schema}".steps').fetchone()[0]
     assert recorded <= effects.count("item")

@@ -10,7 +10,10 @@ submitted and not finished, and one at a time no faster than `rate` (a token buc
 holds one token: after a pause the next item starts at once, the ones after it
 1/rate apart). With a rate, no more items are handed out than the pool has workers (when it
 is known), so an item starts when it is handed out rather than waiting in the pool's queue
-and bunching up behind a slow one. Each item has a stand-in future, finished when the
+and bunching up behind a slow one. Without limits every item is handed out at once (the
+pool or the Dask scheduler queues them). While items are out the feeder asks about a cancel
+every `CANCEL_POLL` seconds: then it hands out no more and cancels those handed out that
+have not started (`Pool.cancel_queued`). Each item has a stand-in future, finished when the
 pool's future is: the workflow's thread collects those as they finish, whatever the pool.
 """
 
@@ -33,6 +36,11 @@ from ..errors import DurableUsageError
 RATE_FORMS = "'N/s', 'N/min', 'N/h' or a number of items per second (N > 0)"
 _UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 _RATE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(s|min|h)\s*")
+
+
+#: How often (seconds) a map with items out asks whether its workflow was cancelled (a
+#: look at a flag the store's listener sets: no query unless a cancel was announced).
+CANCEL_POLL = 0.1
 
 
 class Cancelled(Exception):
@@ -88,10 +96,28 @@ class Pool:
     def submit(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         return self.executor.submit(fn, *args)
 
+    def watch(self, fut: Any, done: Callable[[Any, BaseException | None], None]) -> None:
+        """Call *done(output, None)* or *done(None, error)* once *fut* has ended."""
+
+        def ended(f: Any) -> None:
+            try:
+                out = f.result()
+            except BaseException as exc:
+                done(None, exc)
+            else:
+                done(out, None)
+
+        fut.add_done_callback(ended)
+
     def cancel(self, futures: list[Any]) -> None:
         """Cancel *futures* that have not started (after an interrupt)."""
         for fut in futures:
             fut.cancel()
+
+    def cancel_queued(self, futures: list[Any]) -> None:
+        """The workflow was cancelled: cancel those of *futures* (handed out, in order, and
+        not finished) that have not started; the others finish and are recorded."""
+        self.cancel(futures)  # a concurrent.futures future that has started cannot be cancelled
 
     def close(self, wait: bool) -> None:
         """Shut dnb.map's own pool down (without waiting for running items unless *wait*)."""
@@ -100,16 +126,72 @@ class Pool:
 
 
 class DaskPool(Pool):
-    """A Dask `distributed.Client`: each item is a task, run once (``pure=False``)."""
+    """A Dask `distributed.Client`: each item is a task, run once (``pure=False``); the
+    tasks' results are fetched by `distributed.as_completed` (in the client's event loop, as
+    each ends) and handed over by a thread of this map's, which then drops them so that the
+    cluster releases them at once."""
+
+    def __init__(self, client: Any, size: int | None) -> None:
+        super().__init__(client, pickled=True, size=size, owned=False, where="the Dask cluster")
+        self._cond = threading.Condition()
+        self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
+        self._closed = False
+        self._ended: Any = None  # the distributed.as_completed, once the first task is out
 
     def submit(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         # The key names the step in Dask's dashboard; the uuid makes every submission new.
         key = "dnb-" + re.sub(r"\W+", "_", name).strip("_") + "-" + uuid.uuid4().hex
         return self.executor.submit(fn, *args, pure=False, key=key)
 
+    def watch(self, fut: Any, done: Callable[[Any, BaseException | None], None]) -> None:
+        with self._cond:
+            if self._ended is None:
+                from distributed import as_completed
+
+                self._ended = as_completed(with_results=True, raise_errors=False, loop=self.executor.loop)
+                threading.Thread(target=self._hand_over, name="durablenb-map-dask", daemon=True).start()
+            self._waiting[id(fut)] = done
+            self._ended.add(fut)
+            self._cond.notify_all()
+
+    def _hand_over(self) -> None:
+        while True:
+            try:
+                fut, result = next(self._ended)
+            except StopIteration:  # nothing out now: wait for the next task, or the end
+                with self._cond:
+                    while not self._waiting and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                continue
+            with self._cond:
+                done = self._waiting.pop(id(fut))
+            if fut.status == "error":  # raise_errors=False: (type, error, traceback)
+                done(None, result[1].with_traceback(result[2]))
+            elif isinstance(result, BaseException):  # cancelled
+                done(None, result)
+            else:
+                done(result, None)
+            del fut, result  # the last reference: the cluster forgets the task now
+            if self._closed:
+                return
+
     def cancel(self, futures: list[Any]) -> None:
         if futures:
             self.executor.cancel(futures)
+
+    def cancel_queued(self, futures: list[Any]) -> None:
+        # Dask would drop a running task's result too, and does not tell which have started;
+        # it starts them by priority, that is in submission order: the oldest `size` are
+        # taken to be running (one that was not runs to its end; one that was and is
+        # cancelled is not recorded, and runs again on a rerun).
+        self.cancel(futures[self.size or 0 :])
+
+    def close(self, wait: bool) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 def pool_for(executor: Any, *, workers: int | None, processes: bool, transaction: bool, what: str) -> Pool:
@@ -140,7 +222,7 @@ def pool_for(executor: Any, *, workers: int | None, processes: bool, transaction
         )
     if dask:
         size = sum(executor.nthreads().values()) or None
-        return DaskPool(executor, pickled=True, size=size, owned=False, where="the Dask cluster")
+        return DaskPool(executor, size)
     size = getattr(executor, "_max_workers", None) if isinstance(executor, cf.ProcessPoolExecutor) else None
     return Pool(executor, pickled=True, size=size, owned=False, where="the executor")
 
@@ -157,11 +239,12 @@ def _own_pool(workers: int, use_processes: bool) -> cf.Executor:
 
 
 class Feeder:
-    """Hands items to a pool in order, within `max_in_flight` and `rate` (see the module).
+    """Hands items to a pool in order, within `max_in_flight` and `rate` (see the module),
+    in a thread of its own, then watches for a cancel until the last item handed out ends.
 
     *launch(i)* submits item *i* and returns the pool's future; *cancelled()* says whether
-    the workflow was cancelled (no item is handed out after that). With no limit every item
-    is handed out at once, in the caller's thread; otherwise a thread of its own does it.
+    the workflow was cancelled: then no item is handed out any more, and those handed out
+    that have not started are cancelled (`Pool.cancel_queued`).
     """
 
     def __init__(
@@ -171,25 +254,22 @@ class Feeder:
         self._pool, self._launch, self._cancelled = pool, launch, cancelled
         self._interval = None if rate is None else 1.0 / rate
         cap = max_in_flight
-        if rate is not None and pool.size is not None:
+        if rate is not None and pool.size is not None:  # an item handed out starts at once
             cap = min(cap or pool.size, pool.size)
         self._cap = cap
         self._cond = threading.Condition()
         self._next = 0.0  # when the rate lets the next item go (time.monotonic)
-        self._stopped = False
-        #: The pool's futures of items handed out and not finished, by id.
+        self._stopped = self._cancelling = False
+        #: The pool's futures of items handed out and not finished, by id, in handing order.
         self._inflight: dict[int, Any] = {}
         self._thread: threading.Thread | None = None
 
     def start(self, order: list[int]) -> dict[cf.Future[Any], int]:
         """Begin handing out items *order*; their stand-in futures, each to its index."""
         proxies: dict[int, cf.Future[Any]] = {i: cf.Future() for i in order}
-        if self._cap is None and self._interval is None:
-            self._feed(order, proxies)
-        else:
-            self._thread = threading.Thread(target=self._feed, args=(order, proxies),
-                                            name="durablenb-map-feeder", daemon=True)  # fmt: skip
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, args=(order, proxies),
+                                        name="durablenb-map-feeder", daemon=True)  # fmt: skip
+        self._thread.start()
         return {fut: i for i, fut in proxies.items()}
 
     def stop(self) -> None:
@@ -205,59 +285,90 @@ class Feeder:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _feed(self, order: list[int], proxies: dict[int, cf.Future[Any]]) -> None:
+    def _run(self, order: list[int], proxies: dict[int, cf.Future[Any]]) -> None:
         for n, i in enumerate(order):
-            proxy = proxies[i]
-            try:
-                if not self._turn():
+            turn: bool | None = None
+            while turn is None:  # asks about a cancel at least every CANCEL_POLL seconds
+                try:
+                    cancelled = self._cancelled()
+                except Exception as exc:  # the store, asked about a cancel
+                    proxies[i].set_exception(exc)
                     return
-                if self._cancelled():
+                if cancelled:
+                    self._cancel_queued()
                     for j in order[n:]:
                         proxies[j].set_exception(Cancelled())
                     return
-            except Exception as exc:  # the store, asked about a cancel
-                proxy.set_exception(exc)
+                turn = self._turn()
+            if not turn or not self._hand_out(i, proxies[i]):
                 return
-            try:
-                fut = self._launch(i)
-            except Exception as exc:  # not the item's outcome: not recorded, it runs on a rerun
-                err = DurableUsageError(f"dnb.map could not hand item {i} to {self._pool.where}: "
-                                        f"{type(exc).__name__}: {exc}")  # fmt: skip
-                err.__cause__ = exc
-                proxy.set_exception(err)
-                return
-            with self._cond:
-                self._inflight[id(fut)] = fut
-            fut.add_done_callback(partial(self._finished, proxy))
+        self._watch()
 
-    def _turn(self) -> bool:
-        """Wait until the next item may go; False once stopped."""
-        with self._cond:
-            while not self._stopped:
-                if self._cap is not None and len(self._inflight) >= self._cap:
-                    self._cond.wait()
-                    continue
-                if self._interval is not None:
-                    now = time.monotonic()
-                    if now < self._next:
-                        self._cond.wait(self._next - now)
-                        continue
-                    self._next = now + self._interval
-                return True
-            return False
-
-    def _finished(self, proxy: cf.Future[Any], fut: Any) -> None:
-        """The pool's future *fut* is done (in whichever thread the pool calls back)."""
-        with self._cond:
-            self._inflight.pop(id(fut), None)
-            self._cond.notify_all()
+    def _hand_out(self, i: int, proxy: cf.Future[Any]) -> bool:
         try:
-            out = fut.result()  # for Dask: fetched from the worker now, then released
-        except cf.CancelledError as exc:  # by the pool's owner (or a Dask restart), not by dnb
-            err = DurableUsageError(f"dnb.map: {self._pool.where} cancelled an item ({exc!r:.80}); it "
+            fut = self._launch(i)
+        except Exception as exc:  # not the item's outcome: not recorded, it runs on a rerun
+            err = DurableUsageError(f"dnb.map could not hand item {i} to {self._pool.where}: "
+                                    f"{type(exc).__name__}: {exc}")  # fmt: skip
+            err.__cause__ = exc
+            proxy.set_exception(err)
+            return False
+        with self._cond:
+            self._inflight[id(fut)] = fut
+        self._pool.watch(fut, partial(self._finished, proxy, id(fut)))
+        return True
+
+    def _watch(self) -> None:
+        """Every item is out: until they all end, a cancel cancels those not started."""
+        while True:
+            with self._cond:
+                if self._stopped or not self._inflight:
+                    return
+                self._cond.wait(CANCEL_POLL)
+                if self._stopped or not self._inflight:
+                    return
+            try:
+                if self._cancelled():
+                    self._cancel_queued()
+                    return
+            except Exception:  # the store is unreachable: the items end as they are
+                return
+
+    def _cancel_queued(self) -> None:
+        with self._cond:
+            self._cancelling = True
+            handed = list(self._inflight.values())
+        self._pool.cancel_queued(handed)
+
+    def _turn(self) -> bool | None:
+        """True: the next item may go now; False: stopped; None: not yet (after a wait of at
+        most CANCEL_POLL seconds for a place or a token)."""
+        with self._cond:
+            if self._stopped:
+                return False
+            if self._cap is not None and len(self._inflight) >= self._cap:
+                self._cond.wait(CANCEL_POLL)
+                return None
+            if self._interval is not None:
+                now = time.monotonic()
+                if now < self._next:
+                    self._cond.wait(min(self._next - now, CANCEL_POLL))
+                    return None
+                self._next = now + self._interval
+            return True
+
+    def _finished(self, proxy: cf.Future[Any], key: int, out: Any, error: BaseException | None) -> None:
+        """The item handed out as future *key* ended (in whichever thread the pool says so)."""
+        with self._cond:
+            self._inflight.pop(key, None)
+            self._cond.notify_all()
+        if error is None:
+            proxy.set_result(out)
+        elif isinstance(error, cf.CancelledError) and self._cancelling:  # by a workflow cancel
+            proxy.set_exception(Cancelled())
+        elif isinstance(error, cf.CancelledError):  # by the pool's owner (or a Dask restart)
+            err = DurableUsageError(f"dnb.map: {self._pool.where} cancelled an item ({error!r:.80}); it "
                                     "is not recorded and runs again when the workflow is rerun")  # fmt: skip
             proxy.set_exception(err)
-        except BaseException as exc:
-            proxy.set_exception(exc)
         else:
-            proxy.set_result(out)
+            proxy.set_exception(error)

@@ -361,14 +361,15 @@ def _launcher(
     if pool.pickled:
 
         def launch(i: int) -> Any:
-            fut = pool.submit(spec.name, _in_process, payloads[i])
             # Which item a worker picked up is not visible from here: items are noted running
             # in the order they are handed out, as many as the pool runs at once, and one
             # more each time one is recorded; the recorded start is the worker's own (`Done`).
+            # Noted before it is handed out: it cannot be recorded (in the workflow's thread)
+            # before it is noted, so its step_started never follows its step_finished.
             slot = slots[i]
             if slot is not None:
                 running.queue(slot)
-            return fut
+            return pool.submit(spec.name, _in_process, payloads[i])
 
         return launch
     base = contextvars.copy_context()  # the workflow thread's: each item runs in a copy
