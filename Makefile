@@ -65,6 +65,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) bench/large_outputs.py
 	$(PY) bench/digest.py
 	$(PY) bench/cell_restore.py
+	$(PY) bench/map_cluster.py
 	$(PY) bench/map_throughput.py
 	$(PY) bench/map_throughput.py --dsn $(SERVER_DSN)
 	$(PY) bench/batch_writes.py
