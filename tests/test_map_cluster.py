@@ -23,6 +23,13 @@ distributed = pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def cluster():
+    # Earlier tests in this process run IPython shells, which replace __main__ with a module
+    # that has no __spec__; the spawned worker processes read it (as in a kernel).
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is not None and not hasattr(main, "__spec__"):
+        main.__spec__ = None
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cl:  # fmt: skip
         yield cl
