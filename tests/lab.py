@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,23 @@ def save(page: Any, lab: Lab, name: str) -> dict[str, Any]:
         time.sleep(0.1)
     time.sleep(0.3)
     return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def browser_page(lab: Lab, picture: str = "/tmp/durablenb-browser-failure.png") -> Iterator[Any]:
+    """A Chromium page on *lab*; a failure inside becomes an AssertionError carrying the
+    page's text, the server's log and a screenshot at *picture*."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            yield page
+        except Exception:
+            raise AssertionError(failure_report(page, lab, picture)) from None
+        finally:
+            browser.close()
 
 
 def failure_report(page: Any, lab: Lab, picture: str) -> str:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .lab import PICTURES, Lab, chromium, failure_report, open_notebook, run_cell, save, write_notebook
+from .lab import PICTURES, Lab, browser_page, open_notebook, run_cell, save, write_notebook
 
 FLIGHTS = r'''import os, time
 import durablenb as dnb
@@ -86,62 +86,53 @@ def _visible_text(page, text: str) -> bool:
 
 
 def test_timeline_live_saved_and_reopened_after_a_server_restart(lab, run_child, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _seed_crash(run_child, lab, "flights.ipynb")
     write_notebook(lab.root / "flights.ipynb", ["%load_ext durablenb", FLIGHTS, "flights()"])
-    with sync_playwright() as p:
-        browser = chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        try:
-            cells = open_notebook(page, lab, "flights.ipynb")
-            for i in range(3):
-                run_cell(page, cells.nth(i))
-            page.locator(".durablenb-live").wait_for(timeout=90_000)  # the live view
-            assert not page.locator(".durablenb-standin").first.is_visible()
-            done = page.locator(".durablenb-static [data-workflow-status='succeeded']")
-            done.wait_for(timeout=90_000)  # the run ended: the final static copy replaced it
-            tl = page.locator(".durablenb-static").first
-            rows = tl.locator(".dnb-body > .dnb-step > .dnb-row .dnb-state")
-            assert [rows.nth(i).inner_text() for i in range(rows.count())] == [
-                "replayed", "retried", "failed", "succeeded"]  # fmt: skip
-            assert tl.locator(".dnb-group > .dnb-row .dnb-name").inner_text() == "fit_carrier ×16"
-            head = tl.locator(".dnb-head").inner_text()
-            assert re.search(r"1 replayed \([\d.]+ s saved\) · 19 ran · [\d.]+ s", head), head
-            # A click opens the failed step: its error, traceback and how to load it.
-            failed = tl.locator(".dnb-step[data-position='2']")
-            failed.locator(".dnb-row").click()
-            detail = failed.locator(".dnb-detail")
-            assert "column 'dep_delay' has 8255 missing values" in detail.inner_text()
-            assert "check_schema" in detail.locator("pre").inner_text()
-            assert "dnb.output(" in detail.inner_text()
-            # Enter opens a step from the keyboard.
-            tl.locator(".dnb-step[data-position='1'] .dnb-row").focus()
-            page.keyboard.press("Enter")
-            assert "2 attempts" in tl.locator(".dnb-step[data-position='1'] .dnb-detail").inner_text()
-            result = cells.nth(2).locator(".jp-OutputArea-output")
-            assert "336776 flights, 3 stations, 16 fits" in result.last.inner_text()
-            PICTURES.mkdir(exist_ok=True)
-            cells.nth(2).screenshot(path=str(PICTURES / "timeline.png"))
-            saved = save(page, lab, "flights.ipynb")
-            kinds = [list(o.get("data", {})) for o in saved["cells"][2]["outputs"]]
-            assert not any("application/vnd.jupyter.widget-view+json" in k for k in kinds), kinds
-            exported = _exported(lab.root / "flights.ipynb")
-            assert "durablenb-static" in exported and "fit_carrier ×16" in exported
-            lab.stop()
-            lab.start()
-            cells = open_notebook(page, lab, "flights.ipynb")
-            tl = page.locator(".durablenb-static").first
-            tl.wait_for(timeout=30_000)
-            assert tl.locator("[data-workflow-status='succeeded']").is_visible()
-            assert tl.locator(".dnb-bar").count() >= 5
-            time.sleep(2)  # give a missing widget model time to be reported
-            assert not _visible_text(page, "model not found")
-            assert not _visible_text(page, "Error displaying widget")
-        except Exception:
-            raise AssertionError(failure_report(page, lab, "/tmp/durablenb-browser-failure.png"))
-        finally:
-            browser.close()
+    with browser_page(lab) as page:
+        cells = open_notebook(page, lab, "flights.ipynb")
+        for i in range(3):
+            run_cell(page, cells.nth(i))
+        page.locator(".durablenb-live").wait_for(timeout=90_000)  # the live view
+        assert not page.locator(".durablenb-standin").first.is_visible()
+        done = page.locator(".durablenb-static [data-workflow-status='succeeded']")
+        done.wait_for(timeout=90_000)  # the run ended: the final static copy replaced it
+        tl = page.locator(".durablenb-static").first
+        rows = tl.locator(".dnb-body > .dnb-step > .dnb-row .dnb-state")
+        assert [rows.nth(i).inner_text() for i in range(rows.count())] == [
+            "replayed", "retried", "failed", "succeeded"]  # fmt: skip
+        assert tl.locator(".dnb-group > .dnb-row .dnb-name").inner_text() == "fit_carrier ×16"
+        head = tl.locator(".dnb-head").inner_text()
+        assert re.search(r"1 replayed \([\d.]+ s saved\) · 19 ran · [\d.]+ s", head), head
+        # A click opens the failed step: its error, traceback and how to load it.
+        failed = tl.locator(".dnb-step[data-position='2']")
+        failed.locator(".dnb-row").click()
+        detail = failed.locator(".dnb-detail")
+        assert "column 'dep_delay' has 8255 missing values" in detail.inner_text()
+        assert "check_schema" in detail.locator("pre").inner_text()
+        assert "dnb.output(" in detail.inner_text()
+        # Enter opens a step from the keyboard.
+        tl.locator(".dnb-step[data-position='1'] .dnb-row").focus()
+        page.keyboard.press("Enter")
+        assert "2 attempts" in tl.locator(".dnb-step[data-position='1'] .dnb-detail").inner_text()
+        result = cells.nth(2).locator(".jp-OutputArea-output")
+        assert "336776 flights, 3 stations, 16 fits" in result.last.inner_text()
+        PICTURES.mkdir(exist_ok=True)
+        cells.nth(2).screenshot(path=str(PICTURES / "timeline.png"))
+        saved = save(page, lab, "flights.ipynb")
+        kinds = [list(o.get("data", {})) for o in saved["cells"][2]["outputs"]]
+        assert not any("application/vnd.jupyter.widget-view+json" in k for k in kinds), kinds
+        exported = _exported(lab.root / "flights.ipynb")
+        assert "durablenb-static" in exported and "fit_carrier ×16" in exported
+        lab.stop()
+        lab.start()
+        cells = open_notebook(page, lab, "flights.ipynb")
+        tl = page.locator(".durablenb-static").first
+        tl.wait_for(timeout=30_000)
+        assert tl.locator("[data-workflow-status='succeeded']").is_visible()
+        assert tl.locator(".dnb-bar").count() >= 5
+        time.sleep(2)  # give a missing widget model time to be reported
+        assert not _visible_text(page, "model not found")
+        assert not _visible_text(page, "Error displaying widget")
 
 
 KILLER = r'''import os, time
@@ -167,54 +158,45 @@ def doomed():
 
 
 def test_kernel_killed_mid_run_reopens_as_interrupted(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     flag = tmp_path / "kill-the-kernel"
     flag.touch()
     lab.env["KILL_FLAG"] = str(flag)
     lab.stop()
     lab.start()
     write_notebook(lab.root / "doomed.ipynb", ["%load_ext durablenb", KILLER, "doomed()"])
-    with sync_playwright() as p:
-        browser = chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        try:
-            cells = open_notebook(page, lab, "doomed.ipynb")
-            for i in range(3):
-                run_cell(page, cells.nth(i))
-            page.locator(".durablenb-live").wait_for(timeout=90_000)
-            deadline = time.monotonic() + 60
-            while flag.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not flag.exists(), "the kernel was never killed"
-            # The live view stops saying "running" once the kernel is silent.
-            page.locator(".durablenb-live [data-workflow-status='interrupted']").wait_for(timeout=30_000)
-            assert "rerun the cell to resume" in page.locator(".durablenb-live .dnb-head").inner_text()
-            time.sleep(1)
-            saved = save(page, lab, "doomed.ipynb")
-            html = "".join(o.get("data", {}).get("text/html", "") if isinstance(
-                o.get("data", {}).get("text/html", ""), str) else "".join(o["data"]["text/html"])
-                for o in saved["cells"][2]["outputs"])  # fmt: skip
-            assert "durablenb-standin" in html
-            exported = _exported(lab.root / "doomed.ipynb")
-            assert "durablenb-standin" in exported and "rerun the cell to resume" in exported
-            lab.stop()
-            lab.start()
-            open_notebook(page, lab, "doomed.ipynb")
-            standin = page.locator(".durablenb-standin")
-            standin.wait_for(timeout=30_000)
-            time.sleep(2)  # give a missing widget model time to be reported
-            assert standin.is_visible()
-            status = standin.locator("[data-workflow-status='interrupted']").inner_text()
-            assert "rerun the cell to resume" in status
-            assert standin.locator(".dnb-group > .dnb-row .dnb-name").inner_text().startswith("prepare ×")
-            assert not _visible_text(page, "model not found")
-            assert not _visible_text(page, "Error displaying widget")
-            assert "running" not in standin.locator(".dnb-body").inner_text()
-        except Exception:
-            raise AssertionError(failure_report(page, lab, "/tmp/durablenb-browser-failure.png"))
-        finally:
-            browser.close()
+    with browser_page(lab) as page:
+        cells = open_notebook(page, lab, "doomed.ipynb")
+        for i in range(3):
+            run_cell(page, cells.nth(i))
+        page.locator(".durablenb-live").wait_for(timeout=90_000)
+        deadline = time.monotonic() + 60
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not flag.exists(), "the kernel was never killed"
+        # The live view stops saying "running" once the kernel is silent.
+        page.locator(".durablenb-live [data-workflow-status='interrupted']").wait_for(timeout=30_000)
+        assert "rerun the cell to resume" in page.locator(".durablenb-live .dnb-head").inner_text()
+        time.sleep(1)
+        saved = save(page, lab, "doomed.ipynb")
+        html = "".join(o.get("data", {}).get("text/html", "") if isinstance(
+            o.get("data", {}).get("text/html", ""), str) else "".join(o["data"]["text/html"])
+            for o in saved["cells"][2]["outputs"])  # fmt: skip
+        assert "durablenb-standin" in html
+        exported = _exported(lab.root / "doomed.ipynb")
+        assert "durablenb-standin" in exported and "rerun the cell to resume" in exported
+        lab.stop()
+        lab.start()
+        open_notebook(page, lab, "doomed.ipynb")
+        standin = page.locator(".durablenb-standin")
+        standin.wait_for(timeout=30_000)
+        time.sleep(2)  # give a missing widget model time to be reported
+        assert standin.is_visible()
+        status = standin.locator("[data-workflow-status='interrupted']").inner_text()
+        assert "rerun the cell to resume" in status
+        assert standin.locator(".dnb-group > .dnb-row .dnb-name").inner_text().startswith("prepare ×")
+        assert not _visible_text(page, "model not found")
+        assert not _visible_text(page, "Error displaying widget")
+        assert "running" not in standin.locator(".dnb-body").inner_text()
 
 
 MANY = r'''import time
@@ -252,8 +234,6 @@ _LONG_TASKS = """() => {
 
 
 def test_a_thousand_steps_and_a_300_item_map_stay_light(lab):
-    from playwright.sync_api import sync_playwright
-
     write_notebook(lab.root / "many.ipynb", ["%load_ext durablenb", MANY, "thousand()", "fan_out()"])
     frames: list[int] = []
 
@@ -265,51 +245,44 @@ def test_a_thousand_steps_and_a_300_item_map_stay_light(lab):
 
         ws.on("framereceived", count)
 
-    with sync_playwright() as p:
-        browser = chromium(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+    with browser_page(lab) as page:
         page.on("websocket", on_socket)
-        try:
-            cells = open_notebook(page, lab, "many.ipynb")
-            run_cell(page, cells.nth(0))
-            run_cell(page, cells.nth(1))
-            page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
-            time.sleep(1)
-            save(page, lab, "many.ipynb")
-            before = (lab.root / "many.ipynb").stat().st_size
-            frames.clear()
-            page.evaluate(_LONG_TASKS)
-            run_cell(page, cells.nth(2))
-            finished = ".durablenb-static [data-workflow-status='succeeded']"
-            cells.nth(2).locator(finished).wait_for(timeout=120_000)
-            thousand_bytes = sum(frames)
-            frames.clear()
-            run_cell(page, cells.nth(3))
-            progress = cells.nth(3).locator(".durablenb-live .dnb-progress")
-            progress.wait_for(timeout=60_000)
-            deadline = time.monotonic() + 30
-            while float(progress.get_attribute("data-rate") or 0) <= 0 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert float(progress.get_attribute("data-rate")) > 0
-            assert re.search(r"\d+ of 300 · [\d.]+ items/s", progress.inner_text()), progress.inner_text()
-            PICTURES.mkdir(exist_ok=True)
-            cells.nth(3).screenshot(path=str(PICTURES / "timeline-compact.png"))
-            cells.nth(3).locator(finished).wait_for(timeout=120_000)
-            map_bytes = sum(frames)
-            tasks = page.evaluate("window.__longTasks")
-            save(page, lab, "many.ipynb")
-            after = (lab.root / "many.ipynb").stat().st_size
-            group = cells.nth(3).locator(".durablenb-static .dnb-group > .dnb-row .dnb-name")
-            assert group.inner_text() == "fit_carrier ×300"
-            print(f"timeline traffic: {thousand_bytes} B for 1,000 steps, {map_bytes} B for a "
-                  f"300-item map; long tasks {tasks}; notebook grew {after - before} B")
-            assert thousand_bytes <= 1_000_000 and map_bytes <= 1_000_000
-            assert max(tasks, default=0) <= 200, tasks
-            assert after - before <= 100_000
-        except Exception:
-            raise AssertionError(failure_report(page, lab, "/tmp/durablenb-browser-failure.png"))
-        finally:
-            browser.close()
+        cells = open_notebook(page, lab, "many.ipynb")
+        run_cell(page, cells.nth(0))
+        run_cell(page, cells.nth(1))
+        page.get_by_text(re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
+        time.sleep(1)
+        save(page, lab, "many.ipynb")
+        before = (lab.root / "many.ipynb").stat().st_size
+        frames.clear()
+        page.evaluate(_LONG_TASKS)
+        run_cell(page, cells.nth(2))
+        finished = ".durablenb-static [data-workflow-status='succeeded']"
+        cells.nth(2).locator(finished).wait_for(timeout=120_000)
+        thousand_bytes = sum(frames)
+        frames.clear()
+        run_cell(page, cells.nth(3))
+        progress = cells.nth(3).locator(".durablenb-live .dnb-progress")
+        progress.wait_for(timeout=60_000)
+        deadline = time.monotonic() + 30
+        while float(progress.get_attribute("data-rate") or 0) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert float(progress.get_attribute("data-rate")) > 0
+        assert re.search(r"\d+ of 300 · [\d.]+ items/s", progress.inner_text()), progress.inner_text()
+        PICTURES.mkdir(exist_ok=True)
+        cells.nth(3).screenshot(path=str(PICTURES / "timeline-compact.png"))
+        cells.nth(3).locator(finished).wait_for(timeout=120_000)
+        map_bytes = sum(frames)
+        tasks = page.evaluate("window.__longTasks")
+        save(page, lab, "many.ipynb")
+        after = (lab.root / "many.ipynb").stat().st_size
+        group = cells.nth(3).locator(".durablenb-static .dnb-group > .dnb-row .dnb-name")
+        assert group.inner_text() == "fit_carrier ×300"
+        print(f"timeline traffic: {thousand_bytes} B for 1,000 steps, {map_bytes} B for a "
+              f"300-item map; long tasks {tasks}; notebook grew {after - before} B")
+        assert thousand_bytes <= 1_000_000 and map_bytes <= 1_000_000
+        assert max(tasks, default=0) <= 200, tasks
+        assert after - before <= 100_000
 
 
 #: Each element's state, text colour and the first opaque background behind it.
@@ -351,8 +324,6 @@ def _contrast(colour: str, background: str) -> float:
 
 @pytest.mark.parametrize("theme", ["JupyterLab Light", "JupyterLab Dark"])
 def test_state_text_contrast_in_both_themes(schema, tmp_path, run_child, theme):
-    from playwright.sync_api import sync_playwright
-
     if os.environ.get("DURABLENB_TEST_DSN"):
         pytest.skip("colours do not depend on the database: checked on the embedded run")
 
@@ -362,38 +333,31 @@ def test_state_text_contrast_in_both_themes(schema, tmp_path, run_child, theme):
     try:
         _seed_crash(run_child, lab, "flights.ipynb")
         write_notebook(lab.root / "flights.ipynb", ["%load_ext durablenb", FLIGHTS, "flights()"])
-        with sync_playwright() as p:
-            browser = chromium(p)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            try:
-                cells = open_notebook(page, lab, "flights.ipynb")
-                assert page.evaluate("document.body.dataset.jpThemeLight") == (
-                    "true" if theme.endswith("Light") else "false")  # fmt: skip
-                for i in range(3):
-                    run_cell(page, cells.nth(i))
-                running = page.locator(".durablenb-live .dnb-state[data-state='running']")
-                running.first.wait_for(timeout=90_000)
-                states = ".dnb-state, .dnb-status"
-                measured = page.locator(".durablenb-live").locator(states).evaluate_all(_COLOURS)
-                done = page.locator(".durablenb-static [data-workflow-status='succeeded']")
-                done.wait_for(timeout=90_000)
-                measured += page.locator(".durablenb-static").locator(states).evaluate_all(_COLOURS)
-                # States this run does not reach, drawn the same way in the same output.
-                page.locator(".durablenb-static").first.evaluate(_EVERY_STATE)
-                measured += page.locator(".dnb-every-state .dnb-state").evaluate_all(_COLOURS)
-                seen: dict[str, float] = {}
-                for state, colour, background in measured:
-                    ratio = _contrast(colour, background)
-                    seen[state] = min(ratio, seen.get(state, ratio))
-                assert set(_STATES) <= set(seen), seen
-                low = {s: round(c, 2) for s, c in seen.items() if c < 4.5}
-                assert not low, f"{theme}: contrast below 4.5:1 for {low}"
-                PICTURES.mkdir(exist_ok=True)
-                name = "timeline-dark.png" if theme.endswith("Dark") else "timeline-light.png"
-                cells.nth(2).screenshot(path=str(PICTURES / name))
-            except Exception:
-                raise AssertionError(failure_report(page, lab, "/tmp/durablenb-browser-failure.png"))
-            finally:
-                browser.close()
+        with browser_page(lab) as page:
+            cells = open_notebook(page, lab, "flights.ipynb")
+            assert page.evaluate("document.body.dataset.jpThemeLight") == (
+                "true" if theme.endswith("Light") else "false")  # fmt: skip
+            for i in range(3):
+                run_cell(page, cells.nth(i))
+            running = page.locator(".durablenb-live .dnb-state[data-state='running']")
+            running.first.wait_for(timeout=90_000)
+            states = ".dnb-state, .dnb-status"
+            measured = page.locator(".durablenb-live").locator(states).evaluate_all(_COLOURS)
+            done = page.locator(".durablenb-static [data-workflow-status='succeeded']")
+            done.wait_for(timeout=90_000)
+            measured += page.locator(".durablenb-static").locator(states).evaluate_all(_COLOURS)
+            # States this run does not reach, drawn the same way in the same output.
+            page.locator(".durablenb-static").first.evaluate(_EVERY_STATE)
+            measured += page.locator(".dnb-every-state .dnb-state").evaluate_all(_COLOURS)
+            seen: dict[str, float] = {}
+            for state, colour, background in measured:
+                ratio = _contrast(colour, background)
+                seen[state] = min(ratio, seen.get(state, ratio))
+            assert set(_STATES) <= set(seen), seen
+            low = {s: round(c, 2) for s, c in seen.items() if c < 4.5}
+            assert not low, f"{theme}: contrast below 4.5:1 for {low}"
+            PICTURES.mkdir(exist_ok=True)
+            name = "timeline-dark.png" if theme.endswith("Dark") else "timeline-light.png"
+            cells.nth(2).screenshot(path=str(PICTURES / name))
     finally:
         lab.stop()
