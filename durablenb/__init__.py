@@ -45,6 +45,7 @@ from .errors import (
     RecordedError,
     RecordsLostError,
     SchemaVersionError,
+    StepTimeoutError,
     StorageError,
     StorePermissionError,
     StoreUnavailableError,
@@ -57,6 +58,7 @@ from .errors import (
     WorkflowConflictError,
     WorkflowNotFoundError,
     WorkflowNotRegisteredError,
+    WorkflowTimeoutError,
 )
 from .history import steps, workflows
 from .widgets import timeline
@@ -89,4 +91,5 @@ __all__ = [
     "WorkflowNotRegisteredError", "UnserializableError", "UnserializableArgumentsError",
     "UnserializableOutputError", "RecordedError", "DurableUsageError", "InvalidIdError",
     "StorageError", "UnhashableArgumentsError", "RecordsLostError", "StorePermissionError",
+    "StepTimeoutError", "WorkflowTimeoutError",
 ]  # fmt: skip

@@ -43,6 +43,8 @@ __all__ = [
     "CodeChangedError",
     "WorkflowBusyError",
     "WorkflowCancelledError",
+    "WorkflowTimeoutError",
+    "StepTimeoutError",
     "WorkflowConflictError",
     "WorkflowNotFoundError",
     "WorkflowNotRegisteredError",
@@ -183,6 +185,28 @@ class WorkflowCancelledError(DurableError):
             "dnb.forget(id) removes it"
         )
         self.workflow_id = workflow_id
+
+
+class WorkflowTimeoutError(WorkflowCancelledError):
+    """The workflow ran past its ``timeout=`` and was cancelled; it runs no further steps."""
+
+    def __init__(self, workflow_id: str, why: str | None = None) -> None:
+        DurableError.__init__(
+            self,
+            f"workflow {workflow_id!r} was cancelled: {why or 'it ran past its timeout'}; "
+            "dnb.resume(id) runs it again with a new timeout, dnb.forget(id) removes it",
+        )
+        self.workflow_id = workflow_id
+
+
+class StepTimeoutError(DurableError, TimeoutError):
+    """A step ran past its ``timeout=`` and was interrupted. Recorded as the step's error;
+    its retry policy applies (``retry_on`` covers it unless it names other types)."""
+
+    def __init__(self, step: str, seconds: float) -> None:
+        super().__init__(f"step {step!r} ran past its timeout of {seconds:g} s and was interrupted")
+        self.step = step
+        self.seconds = seconds
 
 
 class WorkflowConflictError(DurableError):

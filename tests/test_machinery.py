@@ -178,6 +178,8 @@ def _examples() -> list[BaseException]:
         e.CodeChangedError("changed"),
         e.WorkflowBusyError("wf-1", "host:42"),
         e.WorkflowCancelledError("wf-1"),
+        e.WorkflowTimeoutError("wf-1", "it ran past its timeout of 5 s"),
+        e.StepTimeoutError("fetch", 2.5),
         e.WorkflowConflictError("conflict"),
         e.WorkflowNotFoundError("no workflow 'x' is recorded"),
         e.WorkflowNotRegisteredError("not here"),

@@ -51,7 +51,7 @@ def workflow(func: F) -> Workflow: ...
 def workflow(
     func: None = None, *, name: str | None = None, on_change: str = "fork",
     on_busy: str = "error", wait_timeout: float = 3600.0, durability: str | None = None,
-    on_failure: str = "retry",
+    on_failure: str = "retry", timeout: float | None = None,
 ) -> Callable[[F], Workflow]: ...  # fmt: skip
 def workflow(
     func: Callable[..., Any] | None = None,
@@ -62,6 +62,7 @@ def workflow(
     wait_timeout: float = 3600.0,
     durability: str | None = None,
     on_failure: str = "retry",
+    timeout: float | None = None,
 ) -> Any:
     """Make *func* a durable workflow: ``@workflow`` or ``@workflow(name=..., ...)``.
 
@@ -76,14 +77,17 @@ def workflow(
     first failed step (earlier steps replay; the failed run is kept as ``ID~N``), or
     ``"replay"``s the recorded error. A resumed *interrupted* run always replays recorded
     errors, so a workflow that caught one stays deterministic.
+    *timeout*: seconds from its first start after which it is cancelled (it runs no further
+    step; the caller gets `WorkflowTimeoutError`). The deadline is recorded, so a resume
+    after a crash keeps it; `dnb.resume` gives the run it starts a new one.
     """
     if func is None:
         return functools.partial(workflow, name=name, on_change=on_change, on_busy=on_busy,
                                  wait_timeout=wait_timeout, durability=durability,
-                                 on_failure=on_failure)  # fmt: skip
+                                 on_failure=on_failure, timeout=timeout)  # fmt: skip
     _live_timelines()
-    return Workflow(func, name=name, on_change=on_change, on_busy=on_busy,
-                    wait_timeout=wait_timeout, durability=durability, on_failure=on_failure)  # fmt: skip
+    return Workflow(func, name=name, on_change=on_change, on_busy=on_busy, wait_timeout=wait_timeout,
+                    durability=durability, on_failure=on_failure, timeout=timeout)  # fmt: skip
 
 
 def _live_timelines() -> None:
@@ -105,17 +109,20 @@ def step(
     interval: float = 1.0,
     max_interval: float = 60.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    timeout: float | None = None,
 ) -> Any:
     """Make *func* a checkpointed step: ``@step`` or ``@step(retries=3, backoff=2.0)``.
 
     After a failure that is a *retry_on* exception it is tried again up to *retries* times,
     waiting *interval* × *backoff*ⁿ seconds (at most *max_interval*).
+    *timeout*: seconds after which an attempt is interrupted (like Ctrl-C) and ends with
+    `StepTimeoutError`, recorded as the step's error unless a retry follows.
     """
     if func is None:
-        return functools.partial(step, name=name, retries=retries, backoff=backoff,
-                                 interval=interval, max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+        return functools.partial(step, name=name, retries=retries, backoff=backoff, interval=interval,
+                                 max_interval=max_interval, retry_on=retry_on, timeout=timeout)  # fmt: skip
     return Step(func, name=name, retries=retries, backoff=backoff, interval=interval,
-                max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+                max_interval=max_interval, retry_on=retry_on, timeout=timeout)  # fmt: skip
 
 
 def transaction(
@@ -127,16 +134,19 @@ def transaction(
     interval: float = 0.1,
     max_interval: float = 10.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    timeout: float | None = None,
 ) -> Any:
     """Make *func* a transaction: its writes through `connection` commit with its record.
 
     Serialization failures and deadlocks are retried by themselves; other errors as for `step`.
+    *timeout*: as for `step`; the body's statements are also bounded by PostgreSQL's
+    ``statement_timeout``, and a timed-out body rolls back.
     """
     if func is None:
-        return functools.partial(transaction, name=name, retries=retries, backoff=backoff,
-                                 interval=interval, max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+        return functools.partial(transaction, name=name, retries=retries, backoff=backoff, interval=interval,
+                                 max_interval=max_interval, retry_on=retry_on, timeout=timeout)  # fmt: skip
     return Transaction(func, name=name, retries=retries, backoff=backoff, interval=interval,
-                       max_interval=max_interval, retry_on=retry_on)  # fmt: skip
+                       max_interval=max_interval, retry_on=retry_on, timeout=timeout)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -220,7 +220,7 @@ def open_slot(
     slot = Slot(run, call, pos, decision, label)
     if decision is None:
         if run.is_cancelled():
-            raise WorkflowCancelledError(run.id)
+            raise run.cancelled_error()
         if not queued:
             slot.begin()
     return slot

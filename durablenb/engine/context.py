@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import DurableError, DurableUsageError
+from ..errors import DurableError, DurableUsageError, WorkflowCancelledError, WorkflowTimeoutError
 from ..store import Lease, StepRecord, Store
 from . import events
 
@@ -55,6 +55,9 @@ class WorkflowRun:
     started_at: float = field(default_factory=time.time)
     #: The workflows it calls start as top-level ones (`Workflow.transparent`).
     transparent: bool = False
+    #: Its ``timeout=`` and the recorded deadline it sets (epoch seconds; `timeouts.arm`).
+    timeout: float | None = None
+    deadline: float | None = None
 
     def take(self, n: int = 1) -> int:
         """Reserve *n* consecutive positions; returns the first."""
@@ -64,10 +67,21 @@ class WorkflowRun:
             return first
 
     def is_cancelled(self) -> bool:
-        """True once a cancel of this workflow has been seen."""
+        """True once a cancel of this workflow has been seen, or its deadline passed."""
+        if not self.cancelled and self.deadline is not None and time.time() >= self.deadline:
+            from .timeouts import expire
+
+            expire(self)
+            self.cancelled = True
         if not self.cancelled and self.store.is_cancelled(self.id):
             self.cancelled = True
         return self.cancelled
+
+    def cancelled_error(self) -> WorkflowCancelledError:
+        """The error its caller gets now that it was cancelled (by its deadline, or not)."""
+        if self.deadline is not None and time.time() >= self.deadline:
+            return WorkflowTimeoutError(self.id, f"it ran past its timeout of {self.timeout:g} s")
+        return WorkflowCancelledError(self.id)
 
     def ancestors(self) -> list[str]:
         """Ids of this run and the runs it was called from, innermost first."""

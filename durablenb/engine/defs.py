@@ -13,6 +13,7 @@ from ..settings import check_durability
 from ._tracebacks import awaited, hide_engine
 from .hashing import code_hash, function_name
 from .identity import check_name
+from .timeouts import check_timeout
 
 _MISSING = object()
 
@@ -81,6 +82,7 @@ class Step(_Durable):
 
     Outside a workflow it is a plain call. *retries* more attempts are made after an
     exception that is an instance of *retry_on*, waiting *interval* × *backoff*ⁿ seconds.
+    *timeout*: seconds after which an attempt is interrupted with `StepTimeoutError`.
     """
 
     kind = "step"
@@ -95,8 +97,10 @@ class Step(_Durable):
         interval: float = 1.0,
         max_interval: float = 60.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(fn, name)
+        self.timeout = check_timeout(timeout, f"{self.kind} {self.name!r}")
         if retries < 0:
             raise ValueError("retries must be >= 0")
         if backoff < 1.0 or interval < 0:
@@ -162,6 +166,8 @@ class Workflow(_Durable):
     *on_failure*: what calling it again does once it finished with an error — ``"retry"``
     (run again from its first failed step, the failed run kept as an archive) or
     ``"replay"`` (raise the recorded error).
+    *timeout*: seconds from its first start after which it is cancelled
+    (`WorkflowTimeoutError`); the deadline is recorded, so it holds across a resume.
     """
 
     kind = "workflow"
@@ -180,8 +186,10 @@ class Workflow(_Durable):
         wait_timeout: float = 3600.0,
         durability: str | None = None,
         on_failure: str = "retry",
+        timeout: float | None = None,
     ) -> None:
         super().__init__(fn, name)
+        self.timeout = check_timeout(timeout, f"workflow {self.name!r}")
         self.durability = check_durability(durability)
         if on_failure not in ("retry", "replay"):
             raise ValueError(f"on_failure must be 'retry' or 'replay', not {on_failure!r}")

@@ -22,6 +22,7 @@ from . import runtime
 from .checkpoint import NOT_RECORDED, Call, Done, Slot, checkpoint, checkpoint_async
 from .context import _in_step, _txn_conn, check_orphan, current, enclosing, in_step
 from .defs import Step, Transaction
+from .timeouts import await_with_timeout, call_with_timeout
 
 logger = logging.getLogger("durablenb")
 
@@ -57,7 +58,7 @@ def attempt(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done:
             try:
                 if _faults.ACTIVE:
                     _faults.point("step.before")
-                value = spec.fn(*args, **kwargs)
+                value = call_with_timeout(spec.fn, args, kwargs, spec.timeout, spec.name)
                 if _faults.ACTIVE:
                     _faults.point("step.after")
                 return Done(True, value, attempts)
@@ -83,7 +84,7 @@ async def attempt_async(spec: Step, args: tuple[Any, ...], kwargs: dict[str, Any
             try:
                 if _faults.ACTIVE:
                     _faults.point("step.before")
-                value = await spec.fn(*args, **kwargs)
+                value = await await_with_timeout(lambda: spec.fn(*args, **kwargs), spec.timeout, spec.name)
                 if _faults.ACTIVE:
                     _faults.point("step.after")
                 return Done(True, value, attempts)
@@ -137,12 +138,13 @@ class _RolledBack(Exception):
 
 def _transaction_once(store: Store, spec: Transaction, args: tuple[Any, ...], kwargs: dict[str, Any],
                       slot: Slot | None, attempts: int) -> Done:  # fmt: skip
-    with store.transaction() as conn:
+    # the server's own limit, a little later, where the interrupt cannot reach a C wait
+    with store.transaction(None if spec.timeout is None else spec.timeout + 0.25) as conn:
         token, tstep = _txn_conn.set(conn), _in_step.set(True)
         try:
             if _faults.ACTIVE:
                 _faults.point("step.before")
-            done = Done(True, spec.fn(*args, **kwargs), attempts)
+            done = Done(True, call_with_timeout(spec.fn, args, kwargs, spec.timeout, spec.name), attempts)
         finally:
             _txn_conn.reset(token)
             _in_step.reset(tstep)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import UnserializableArgumentsError, WorkflowCancelledError
+from ..errors import UnserializableArgumentsError
 from ._groupcommit import Finished, record
 from ._pools import Cancelled as _Cancelled
 from ._pools import Feeder, Pool, check_max_in_flight, parse_rate, pool_for
@@ -350,7 +350,7 @@ def _run_pending(
     feeder.join()
     pool.close(wait=True)
     if cancelled and run is not None:
-        raise WorkflowCancelledError(run.id)
+        raise run.cancelled_error()
 
 
 def _launcher(
@@ -452,4 +452,4 @@ def _run_threads(
         raise
     pool.close(wait=True)
     if cancelled and run is not None:
-        raise WorkflowCancelledError(run.id)
+        raise run.cancelled_error()

@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..errors import CodeChangedError, NonDeterministicWorkflowError, WorkflowCancelledError
+from ..errors import CodeChangedError, NonDeterministicWorkflowError
 from ..store import StepRecord, WorkflowRow
+from .timeouts import recorded_cancel
 
 #: Code hash written by ``%durable refresh``: never equal to any code, so the step re-runs.
 REFRESH = "refresh"
@@ -110,12 +111,12 @@ def plan(row: WorkflowRow | None, records: Mapping[int, StepRecord], defs: Defin
     """What a call of the workflow recorded as *row* (with *records*) does now.
 
     Raises `CodeChangedError` when code changed and ``on_change="error"``, and
-    `WorkflowCancelledError` for a cancelled workflow.
+    `WorkflowCancelledError` (`WorkflowTimeoutError`) for a cancelled workflow.
     """
     if row is None:
         return Plan("run", on_change=defs.on_change)
     if row.status == "cancelled":
-        raise WorkflowCancelledError(row.id)
+        raise recorded_cancel(row)
     recorded_body = comparable(row.code_hash)
     body = bool(recorded_body and defs.workflow_code and recorded_body != defs.workflow_code)
     change = first_change(records, defs)

@@ -23,7 +23,7 @@ from ..errors import (
     WorkflowConflictError,
 )
 from ..store import Lease, NewWorkflow, Outcome, Store, WorkflowRow
-from . import events, planner, runtime, values
+from . import events, planner, runtime, timeouts, values
 from .checkpoint import (
     NOT_RECORDED,
     Call,
@@ -185,10 +185,8 @@ def _lease(store: Store, spec: Workflow, wid: str, parent: WorkflowRun | None,
            durability: str | None) -> Lease:  # fmt: skip
     """The lease of *wid*: on its inline parent's connection, with the durability *spec*
     chooses, else the caller's, else the store's."""
-    if parent is not None:
-        durability = durability or parent.lease.durability
-    return store.lease(wid, share=parent.lease if parent is not None else None,
-                       durability=spec.durability or durability)  # fmt: skip
+    share = parent.lease if parent is not None else None
+    return store.lease(wid, share, spec.durability or durability or (share.durability if share else None))
 
 
 def definitions(spec: Workflow, own_call: bool = True, retry: bool = False) -> planner.Definitions:
@@ -247,6 +245,7 @@ def _open(
         run = WorkflowRun(wid, spec.name, store, lease, records, plan, row.lineage, parent_id, parent,
                           threads_before=threads, transparent=spec.transparent)  # fmt: skip
         _follow(run, plan, spec)
+    timeouts.arm(run, spec.timeout)
     if _faults.ACTIVE:
         _faults.point("workflow.begun")
     return run
@@ -294,13 +293,14 @@ class _Body:
         self.error: BaseException | None = None
 
     def __enter__(self) -> _Body:
-        self.tokens = (_current.set(self.run), _explicit_id.set(None))
+        self.tokens, self.watch = (_current.set(self.run), _explicit_id.set(None)), timeouts.Watch(self.run)
         events.active_runs[self.run.id] = self.run
         if events.listeners:
             events.emit("workflow_started", self.run)
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self.watch.stop()
         _current.reset(self.tokens[0])
         _explicit_id.reset(self.tokens[1])
         events.active_runs.pop(self.run.id, None)
@@ -350,7 +350,7 @@ def _finish(run: WorkflowRun, outcome: Outcome) -> None:
         return
     if blocked == "cancelled":
         run.cancelled = True
-        raise WorkflowCancelledError(run.id)
+        raise run.cancelled_error()
     raise DurableError(f"workflow {run.id!r} was removed while it ran; its outcome is not recorded")
 
 
@@ -390,7 +390,7 @@ def recorded_outcome(row: WorkflowRow, store: Store) -> Any:
         return values.decode_value(store, row.output_codec or "", row.output, row.output_checksum,
                                    row.output_blob, f"output of workflow {row.id!r}", place)  # fmt: skip
     if row.status == "cancelled":
-        raise WorkflowCancelledError(row.id)
+        raise timeouts.recorded_cancel(row)
     exc = values.decode_error(store, row.error, row.error_type, row.error_message, row.error_traceback,
                               place, f"error of workflow {row.id!r}")  # fmt: skip
     add_note(exc, f"durablenb: re-raised from the record of workflow {row.id!r}, which finished "

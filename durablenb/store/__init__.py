@@ -410,8 +410,9 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
             yield conn
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside one transaction, committed when the block ends.
+    def transaction(self, statement_timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside one transaction, committed when the block ends; its
+        statements are cancelled after *statement_timeout* seconds each (None: no limit).
 
         A lost connection is `StoreUnavailableError`; any other error, the body's own SQL
         errors included, passes through as raised and rolls the transaction back.
@@ -419,6 +420,9 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
         conn = self._getconn()  # an exhausted or closed pool is StoreUnavailableError too
         try:
             with self._guard(conn, user=True), conn.transaction():
+                if statement_timeout is not None:
+                    conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                                 [f"{max(int(statement_timeout * 1000), 1)}ms"])  # fmt: skip
                 yield conn
         finally:
             self._putconn(conn)

@@ -103,16 +103,20 @@ class AdminMixin:
         """True while some executor holds *workflow_id*."""
         return self.lock_key(workflow_id) in self.held_keys()
 
-    def cancel(self, workflow_id: str) -> list[str]:
+    def cancel(self, workflow_id: str, reason: str | None = None) -> list[str]:
         """Mark *workflow_id* and its running descendants cancelled and tell their executors;
-        returns the ids cancelled (empty when none was running: the cancel came too late)."""
+        returns the ids cancelled (empty when none was running: the cancel came too late).
+        *reason*: a timeout's, recorded as a `WorkflowTimeoutError` of *workflow_id*."""
         s = self.qschema
+        timeout = "durablenb.errors.WorkflowTimeoutError" if reason else None  # timeouts.TIMED_OUT
         with self.connection() as conn, conn.transaction():
             rows = conn.execute(
                 f"{tree_cte(s)} UPDATE {s}.workflows SET status = 'cancelled', "
-                "updated_at = clock_timestamp(), finished_at = clock_timestamp() "
+                "updated_at = clock_timestamp(), finished_at = clock_timestamp(), "
+                "error_type = CASE WHEN id = %(id)s THEN %(type)s END, "
+                "error_message = CASE WHEN id = %(id)s THEN %(why)s END "
                 "WHERE id IN (SELECT id FROM tree) AND status = 'running' RETURNING id",
-                {"id": workflow_id},
+                {"id": workflow_id, "type": timeout, "why": reason},
             ).fetchall()
             for (wid,) in rows:
                 payload = cancel_payload(self.schema, self.lock_key(wid))  # no schema name, no id
@@ -127,7 +131,7 @@ class AdminMixin:
             ids = [r[0] for r in conn.execute(
                 f"{tree_cte(s)} UPDATE {s}.workflows SET status = 'running', error = NULL, "
                 "error_type = NULL, error_message = NULL, error_traceback = NULL, "
-                "finished_at = NULL, updated_at = clock_timestamp() "
+                "finished_at = NULL, deadline = NULL, updated_at = clock_timestamp() "
                 "WHERE id IN (SELECT id FROM tree) AND status IN ('cancelled', 'failed') RETURNING id",
                 {"id": workflow_id},
             ).fetchall()]  # fmt: skip

@@ -225,6 +225,21 @@ class Lease:
             [executor, time.time(), self.workflow_id],
         )
 
+    def set_deadline(self, at: float) -> float:
+        """Record *at* (epoch seconds) as the workflow's deadline unless one is recorded;
+        returns the deadline that holds."""
+        sql = (f"UPDATE {self.q.s}.workflows SET deadline = coalesce(deadline, to_timestamp(%s)) "
+               "WHERE id = %s RETURNING extract(epoch FROM deadline)::float8")  # fmt: skip
+        got: list[float] = []
+
+        def op() -> None:
+            with self.store._guard(self.conn):
+                row = self._c.execute(sql, [at, self.workflow_id]).fetchone()
+            got.append(row[0] if row else at)
+
+        self._retrying(op)
+        return got[-1]
+
     def unbegin(self) -> None:
         """Remove the row `begin` just created (nothing was recorded under it)."""
         self._run(f"DELETE FROM {self.q.s}.workflows WHERE id = %s", [self.workflow_id])
@@ -244,8 +259,8 @@ class Lease:
             "forked_from = coalesce(%s, forked_from), output = NULL, output_codec = NULL, "
             "output_checksum = NULL, output_blob = NULL, error = NULL, error_type = NULL, "
             "error_message = NULL, error_traceback = NULL, finished_at = NULL, runs = runs + 1, "
-            "executor = %s, updated_at = clock_timestamp(), run_started_at = to_timestamp(%s) "
-            "WHERE id = %s",
+            "deadline = NULL, executor = %s, updated_at = clock_timestamp(), "
+            "run_started_at = to_timestamp(%s) WHERE id = %s",
             [code_hash, forked_from, executor, time.time(), self.workflow_id],
         )
 

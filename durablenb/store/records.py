@@ -77,6 +77,8 @@ class WorkflowRow:
     lineage_id: str | None = None
     archive_of: str | None = None
     notebook: str | None = None
+    #: When it is cancelled for running past its ``timeout=`` (None: no timeout).
+    deadline: datetime | None = None
 
     @property
     def lineage(self) -> str:
