@@ -21,6 +21,7 @@ from ..errors import StorePermissionError, StoreUnavailableError
 from ..settings import Settings
 from ._admin import AdminMixin
 from ._batch import BatchInsert
+from ._direct import STEP_TYPES, TEXT, WORKFLOW_TYPES, Statement, Unsupported
 from ._dsn import mask_dsn, scrub
 from ._gc import BlobGcMixin
 from ._lineage import LineageMixin
@@ -83,6 +84,7 @@ class _Queries:
         self.begin = self._begin(child=False)
         self.begin_child = self._begin(child=True)
         self._inserts: dict[tuple[tuple[str, ...], bool], str] = {}
+        self._direct_inserts: dict[tuple[tuple[str, ...], bool], Statement] = {}
         #: INSERTs of many step records at once (`BatchInsert`).
         self.insert_steps = BatchInsert(s)
         self.finish = (
@@ -98,6 +100,9 @@ class _Queries:
             "CASE WHEN pg_try_advisory_xact_lock(%(key)s) THEN pg_advisory_unlock(%(key)s) END"
         )
         self.status = f"SELECT status FROM {s}.workflows WHERE id = %s"
+        self.begin_direct = Statement(self.begin, WORKFLOW_TYPES)
+        self.begin_child_direct = Statement(self.begin_child, WORKFLOW_TYPES)
+        self.finish_direct = Statement(self.finish, WORKFLOW_TYPES)
 
     def _begin(self, child: bool) -> str:
         """Take the lock and insert the workflow row if absent, in one statement.
@@ -153,6 +158,15 @@ class _Queries:
                 sql = f"{into} VALUES ({values})"
             self._inserts[key] = sql
         return sql
+
+    def insert_step_direct(self, names: tuple[str, ...], asynchronous: bool = False) -> Statement:
+        """`insert_step` as a `Statement` of the libpq path (`_direct`)."""
+        key = (names, asynchronous)
+        found = self._direct_inserts.get(key)
+        if found is None:
+            types = [STEP_TYPES.get(n, TEXT) for n in names]
+            found = self._direct_inserts[key] = Statement(self.insert_step(names, asynchronous), types)
+        return found
 
 
 class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
@@ -462,8 +476,11 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
         names, values = rec.filled()
         with self._guard(conn):
             try:
-                sql = self._q.insert_step(names, asynchronous)
-                (cur or conn.cursor()).execute(sql, values, prepare=True)
+                try:
+                    self._q.insert_step_direct(names, asynchronous).run(conn, values)
+                except Unsupported:
+                    sql = self._q.insert_step(names, asynchronous)
+                    (cur or conn.cursor()).execute(sql, values, prepare=True)
             except psycopg.errors.UniqueViolation:  # the only unique key of steps: the position
                 return False
             return True

@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from ..errors import RecordsLostError, StoreUnavailableError, WorkflowBusyError
+from ._direct import Unsupported
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
 
 if TYPE_CHECKING:
@@ -96,11 +97,15 @@ class Lease:
         deadline = None if wait is None else time.monotonic() + wait
         delay = 0.02
         while True:
-            begin = self.q.begin_child if new.parent_id is not None else self.q.begin
+            child = new.parent_id is not None
             with self.store._guard(self.conn):
-                row = self._cursor.execute(begin, params, prepare=True).fetchone()
-            assert row is not None
-            got, created, _ = row
+                try:
+                    direct = self.q.begin_child_direct if child else self.q.begin_direct
+                    ((got_text, created, _),) = direct.run(self._c, params)
+                    got = got_text == "t"
+                except Unsupported:
+                    begin = self.q.begin_child if child else self.q.begin
+                    got, created, _ = self._cursor.execute(begin, params, prepare=True).fetchone() or (0,) * 3
             if got:
                 self.locked = True
                 if created is not None and params["commit_mode"] == "off":
@@ -296,9 +301,11 @@ class Lease:
 
         def op() -> str | None:
             with self.store._guard(self.conn):
-                row = self._cursor.execute(self.q.finish, params, prepare=True).fetchone()
-                assert row is not None
-                if row[0]:
+                try:
+                    ((count, _),) = self.q.finish_direct.run(self._c, params)
+                except Unsupported:
+                    count, _ = self._cursor.execute(self.q.finish, params, prepare=True).fetchone() or (0, 0)
+                if int(count or 0):
                     return None
                 found = self._c.execute(self.q.status, [self.workflow_id]).fetchone()
                 return found[0] if found else "removed"
