@@ -33,7 +33,8 @@ def test_rows_and_errors_are_those_of_a_cursor(sql, table):
     at = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
     assert ins.run(sql, [1, "ünï", b"\x00\x01", at.timestamp()]) == [("1", "ünï")]
     assert ins.run(sql, [2, None, None, at]) == [("2", None)]  # an aware datetime is a time
-    assert sql.execute(f"SELECT name, data, at FROM {table} WHERE k = 1").fetchone() == ("ünï", b"\x00\x01", at)
+    row = sql.execute(f"SELECT name, data, at FROM {table} WHERE k = 1").fetchone()
+    assert row == ("ünï", b"\x00\x01", at)
     with pytest.raises(psycopg.errors.UniqueViolation):
         ins.run(sql, [1, "again", None, 0.0])
     sql.execute("DISCARD ALL")  # the session forgets its prepared statements
