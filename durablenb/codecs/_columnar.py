@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
+from collections.abc import Callable
 from typing import Any
 
 KIND = b"durablenb.kind"
@@ -209,11 +211,12 @@ def decode(codec: str, data: Any) -> Any:
         return np.lib.format.read_array(io.BytesIO(memoryview(data)), allow_pickle=False)
     import pyarrow.ipc as ipc
 
-    table = ipc.open_file(pa.BufferReader(pa.py_buffer(data))).read_all()
-    meta = table.schema.metadata or {}
+    source = pa.py_buffer(data)
+    reader = ipc.open_file(pa.BufferReader(source))
+    meta = reader.schema.metadata or {}
     kind = meta.get(KIND, b"table")
     if kind in (b"pandas", b"series"):
-        df = table.to_pandas()
+        df = _to_pandas(source, reader, _releaser(data))
         if ATTRS in meta:
             df.attrs = json.loads(meta[ATTRS])
         if kind == b"series":
@@ -222,6 +225,7 @@ def decode(codec: str, data: Any) -> Any:
             s.attrs = dict(df.attrs)
             return s
         return df
+    table = reader.read_all()
     clean = {k: v for k, v in meta.items() if not k.startswith(b"durablenb.")}
     table = table.replace_schema_metadata(clean or None)
     if kind == b"polars":
@@ -232,3 +236,78 @@ def decode(codec: str, data: Any) -> Any:
         return table.combine_chunks().to_batches()[0]
     return table
 
+
+#: A frame's columns are converted in groups of about 1/GROUPS of its bytes (see `_to_pandas`).
+GROUPS = 8
+#: Encodings smaller than this are converted in one go.
+GROUPED_FROM = 16 << 20
+
+
+def _releaser(data: Any) -> Callable[[], None]:
+    """What drops the pages of *data* mapped so far: a mapped file's pages are counted in
+    the process's memory, though the kernel keeps them cached (re-read on the next touch)."""
+    if isinstance(data, mmap.mmap) and hasattr(data, "madvise") and len(data):
+        return lambda: data.madvise(mmap.MADV_DONTNEED)
+    return lambda: None
+
+
+def _to_pandas(source: Any, reader: Any, release: Callable[[], None]) -> Any:
+    """The pandas frame of the Arrow file *source*, converted a group of columns at a time
+    with *release* called after each (it unmaps a mapped blob's pages): a restore then holds
+    the new frame and the mapped pages of one group, not the frame and all of its source."""
+    import pandas as pd
+
+    schema = reader.schema
+    index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    fields = [i for i, f in enumerate(schema) if f.name not in index]
+    groups = _groups(schema, fields) if source.size >= GROUPED_FROM else [fields]
+    if len(groups) <= 1:
+        return _writable(reader.read_all().to_pandas())
+    indexes = [i for i, f in enumerate(schema) if f.name in index]
+    table = reader.read_all()  # slices of the source, or decompressed copies
+    parts: list[Any] = []
+    for k, group in enumerate(groups):
+        part = _writable(table.select(sorted(group + indexes if k == 0 else group)).to_pandas())
+        if parts:
+            part.index = parts[0].index  # the same object: no realignment
+        parts.append(part)
+        release()
+    return pd.concat(parts, axis=1)
+
+
+def _groups(schema: Any, fields: list[int]) -> list[list[int]]:
+    """*fields* in consecutive groups of at most 1/`GROUPS` of the frame's bytes each (a
+    larger column alone), so fewer than 2 × `GROUPS` groups."""
+    weights = [_width(schema.field(i).type) for i in fields]
+    target = sum(weights) / GROUPS
+    groups: list[list[int]] = []
+    size = 0.0
+    for i, w in zip(fields, weights, strict=True):
+        if not groups or size + w > target:
+            groups.append([])
+            size = 0.0
+        groups[-1].append(i)
+        size += w
+    return groups
+
+
+def _width(t: Any) -> float:
+    """Bytes a value of Arrow type *t* takes (a guess for variable widths)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.index_type
+    try:
+        return float(t.bit_width) / 8
+    except ValueError:  # strings, lists, structs: no fixed width
+        return 16.0
+
+
+def _writable(df: Any) -> Any:
+    """*df* with every column writable: Arrow hands categorical codes over without a copy,
+    as read-only views of the source (a mapped file), where pandas refuses in-place writes."""
+    for j in range(df.shape[1]):
+        values = getattr(df.iloc[:, j].array, "_ndarray", None)
+        if values is not None and not values.flags.writeable:
+            df.isetitem(j, df.iloc[:, j].copy())
+    return df

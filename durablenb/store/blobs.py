@@ -234,9 +234,12 @@ class FolderBlobs(BlobStore):
         with f:
             size = os.fstat(f.fileno()).st_size
             data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        if size and hasattr(data, "madvise"):
+        advise = size and hasattr(data, "madvise")
+        if advise:
             data.madvise(mmap.MADV_WILLNEED)
         _check(data, ref, what, self.url, crc)
+        if advise:  # unmap the pages the check touched: the decoder maps what it reads
+            data.madvise(mmap.MADV_DONTNEED)
         return data
 
     def listing(self) -> Iterable[tuple[str, float | None]]:
