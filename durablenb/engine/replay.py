@@ -131,9 +131,6 @@ def execute(
     *durability*: the caller's, unless *spec* chooses one. *retry*: a failed workflow runs
     again from its first failure whatever *spec* says (`dnb.resume`)."""
     __tracebackhide__ = True
-    done = _finished(store, spec, wid, digest, parent is None and parent_id is None, retry)
-    if done is not None:
-        return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)
@@ -152,9 +149,6 @@ async def execute_async(
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
     __tracebackhide__ = True
-    done = _finished(store, spec, wid, digest, parent is None and parent_id is None, retry)
-    if done is not None:
-        return recorded_outcome(done, store)
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)
@@ -166,13 +160,10 @@ async def execute_async(
         store.clear_cancelled(wid)
 
 
-def _finished(
-    store: Store, spec: Workflow, wid: str, digest: str | None, own_call: bool, retry: bool = False
-) -> WorkflowRow | None:
-    """The row of *wid* if it finished and its outcome stands: one query, no lock."""
-    if not own_call and not retry:
-        return None
-    found = store.finished(wid)
+def _finished(store: Store, spec: Workflow, wid: str, digest: str | None, retry: bool) -> WorkflowRow | None:
+    """The row of *wid*, which `Lease.begin` found finished, if its outcome stands (read
+    without the lock: a finished record only changes under it)."""
+    found = store.finished(wid, probe=False)
     if found is None:
         return None
     row, records = found
@@ -216,7 +207,12 @@ def _open(
                       code_hash=spec.code_hash, executor=runtime.executor_id(), parent_id=parent_id,
                       parent_position=position, inputs_blob=now.blob,
                       notebook=runtime.notebook())  # fmt: skip
-    locked, created = lease.begin(new, wait=spec.wait_timeout if spec.on_busy == "wait" else None)
+    wait = spec.wait_timeout if spec.on_busy == "wait" else None
+    locked, created = lease.begin(new, wait, probe=parent_id is None or retry)  # only own calls may stand
+    if locked is None:  # finished: its recorded outcome stands, or it runs again (locked now)
+        if (done := _finished(store, spec, wid, digest, retry)) is not None:
+            return done
+        locked, created = lease.begin(new, wait)
     if not locked:
         row = store.get_workflow(wid)
         raise WorkflowBusyError(wid, row.executor if row else None)

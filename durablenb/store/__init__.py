@@ -103,12 +103,15 @@ class _Queries:
         self.begin_direct = Statement(self.begin, WORKFLOW_TYPES)
         self.begin_child_direct = Statement(self.begin_child, WORKFLOW_TYPES)
         self.finish_direct = Statement(self.finish, WORKFLOW_TYPES)
+        self.status_direct = Statement(self.status, [TEXT])
 
     def _begin(self, child: bool) -> str:
         """Take the lock and insert the workflow row if absent, in one statement.
 
         The row may commit asynchronously (see docs/design.md): WAL order makes it durable no
-        later than the first step record. A child created after its parent was cancelled
+        later than the first step record. With ``probe`` true a finished workflow is neither
+        locked nor touched (the lock column is NULL), so its recorded outcome can be read
+        without a lock. A child created after its parent was cancelled
         starts cancelled (only children pay for that check).
         """
         s = self.s
@@ -119,7 +122,10 @@ class _Queries:
         )  # fmt: skip
         return (
             f"WITH cfg AS (SELECT set_config('synchronous_commit', {mode}, true) AS v), "
-            "lk AS (SELECT pg_try_advisory_lock(%(key)s) AS got), "
+            # probe: a finished workflow is not locked (got is NULL): its outcome may stand
+            "lk AS (SELECT CASE WHEN %(probe)s AND EXISTS (SELECT 1 FROM "
+            f"{s}.workflows e WHERE e.id = %(id)s AND e.status IN ('succeeded', 'failed')) "
+            "THEN NULL ELSE pg_try_advisory_lock(%(key)s) END AS got), "
             f"ins AS (INSERT INTO {s}.workflows (id, name, status, args_digest, inputs, "
             "inputs_codec, inputs_checksum, code_hash, executor, parent_id, parent_position, "
             "forked_from, run_started_at, inputs_blob, lineage_id, notebook) "

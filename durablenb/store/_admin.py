@@ -12,6 +12,8 @@ from ._lineage import tree_cte
 from ._notify import CANCEL_CHANNEL, cancel_payload
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
 
+_FINISHED = ([("succeeded",)], [("failed",)])
+
 
 class AdminMixin:
     """Workflow management and history queries; needs the attributes `Store` sets."""
@@ -22,6 +24,8 @@ class AdminMixin:
     if TYPE_CHECKING:  # provided by Store and LineageMixin
 
         def connection(self) -> Any: ...
+
+        _q: Any
 
         def lock_key(self, workflow_id: str) -> int: ...
 
@@ -42,21 +46,27 @@ class AdminMixin:
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s", [workflow_id]
             ).fetchone()
 
-    def finished(self, workflow_id: str) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
+    def finished(
+        self, workflow_id: str, probe: bool = True
+    ) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
         """The record and step records of *workflow_id* if it finished (succeeded or failed),
-        in one round trip and without its lock: a finished record only changes when a new
-        run takes the lock, which a caller that finds something to run does first."""
+        without its lock: a finished record only changes when a new run takes the lock,
+        which a caller that finds something to run does first. *probe*: a light status
+        query first, so that a workflow that has not finished costs one short round trip."""
         s = self.qschema
-        with self.connection() as conn, conn.pipeline():
-            wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
-            wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
-                       "AND status IN ('succeeded', 'failed')", [workflow_id])  # fmt: skip
-            st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
-            st.execute(f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %s AND EXISTS "
-                       f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %s AND f.status IN "
-                       "('succeeded', 'failed')) ORDER BY position", [workflow_id, workflow_id])  # fmt: skip
-            row = wf.fetchone()
-            steps = st.fetchall()
+        with self.connection() as conn:
+            if probe and self._q.status_direct.run(conn, [workflow_id]) not in _FINISHED:
+                return None
+            with conn.pipeline():
+                wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
+                wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
+                           "AND status IN ('succeeded', 'failed')", [workflow_id])  # fmt: skip
+                st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
+                st.execute(f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %(id)s AND EXISTS "
+                           f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %(id)s AND f.status IN "
+                           "('succeeded', 'failed')) ORDER BY position", {"id": workflow_id})  # fmt: skip
+                row = wf.fetchone()
+                steps = st.fetchall()
         if row is None:
             return None
         return row, {rec.position: rec for rec in steps}

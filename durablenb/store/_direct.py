@@ -32,7 +32,8 @@ TEXT, INT8, FLOAT8, BYTEA, BOOL = 25, 20, 701, 17, 16
 STEP_TYPES = {"position": INT8, "attempts": INT8, "checksum": INT8, "output_bytes": INT8,
               "started_at": FLOAT8, "finished_at": FLOAT8, "output": BYTEA, "error": BYTEA}  # fmt: skip
 WORKFLOW_TYPES = {"key": INT8, "started": FLOAT8, "inputs_checksum": INT8, "parent_position": INT8,
-                  "checksum": INT8, "inputs": BYTEA, "output": BYTEA, "error": BYTEA}  # fmt: skip
+                  "checksum": INT8, "inputs": BYTEA, "output": BYTEA, "error": BYTEA,
+                  "probe": BOOL}  # fmt: skip
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)([sb])|%([sb])")
 

@@ -70,13 +70,17 @@ class Lease:
         return self._cur
 
     # -- acquiring -----------------------------------------------------------------------
-    def begin(self, new: NewWorkflow, wait: float | None = None) -> tuple[bool, str | None]:
+    def begin(self, new: NewWorkflow, wait: float | None = None,
+              probe: bool = False) -> tuple[bool | None, str | None]:  # fmt: skip
         """Take the lock and record *new* if absent: ``(locked, status it was created with,
         or None when it existed)``.
 
         *wait*: seconds to wait for another executor to let go; ``None`` does not wait.
+        *probe*: a workflow that finished (succeeded or failed) is left alone, unlocked:
+        ``(None, None)``; its record can be read without the lock (`Store.finished`).
         """
         params = {
+            "probe": probe,
             "key": self.key,
             "id": new.id,
             "name": new.name,
@@ -102,10 +106,12 @@ class Lease:
                 try:
                     direct = self.q.begin_child_direct if child else self.q.begin_direct
                     ((got_text, created, _),) = direct.run(self._c, params)
-                    got = got_text == "t"
+                    got = None if got_text is None else got_text == "t"
                 except Unsupported:
                     begin = self.q.begin_child if child else self.q.begin
                     got, created, _ = self._cursor.execute(begin, params, prepare=True).fetchone() or (0,) * 3
+            if got is None:
+                return None, None
             if got:
                 self.locked = True
                 if created is not None and params["commit_mode"] == "off":
