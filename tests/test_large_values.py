@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import mmap
+import threading
 import zlib
 
 import numpy as np
@@ -13,8 +14,9 @@ import pandas as pd
 import pytest
 
 from durablenb import codecs
-from durablenb.codecs import _columnar
-from durablenb.store.blobs import FolderBlobs
+from durablenb.codecs import _columnar, _digest
+from durablenb.errors import StorageError
+from durablenb.store.blobs import FolderBlobs, HashingWriter
 
 
 def wide_frame(n=2000):
@@ -117,3 +119,53 @@ def test_groups_split_columns_by_their_bytes():
     groups = _columnar._groups(schema, fields)
     assert [i for g in groups for i in g] == fields
     assert len(groups) <= 2 * _columnar.GROUPS
+
+
+@pytest.mark.parametrize("sizes", [[], [10], [_digest.STEP], [_digest.STEP + 1],
+                                   [3, _digest.STEP - 3, 5 << 20, 7, 1 << 20, 2 * _digest.STEP]])
+def test_hashes_that_follow_a_file_match_its_bytes(tmp_path, sizes):
+    rng = np.random.default_rng(len(sizes))
+    with open(tmp_path / "f", "w+b", buffering=0) as raw:
+        w = HashingWriter(raw, follow=raw.fileno())
+        chunks = [rng.bytes(n) for n in sizes]
+        for chunk in chunks:
+            assert w.write(chunk) == len(chunk)
+        w.finish()
+    payload = b"".join(chunks)
+    assert w.size == len(payload) == (tmp_path / "f").stat().st_size
+    assert w.ref == hashlib.sha256(payload).hexdigest() and w.crc == zlib.crc32(payload)
+
+
+def test_a_failed_write_stops_its_hashes(tmp_path):
+    blobs = FolderBlobs(tmp_path / "blobs")
+    before = threading.active_count()
+
+    def produce(f):
+        f.write(b"x" * (9 << 20))
+        raise ValueError("the encoder failed")
+
+    with pytest.raises(ValueError, match="encoder failed"):
+        blobs.put(produce)
+    assert threading.active_count() == before
+    assert not list((tmp_path / "blobs" / "tmp").iterdir())
+
+
+def test_a_hash_that_fails_fails_the_write(tmp_path, monkeypatch):
+    def broken(self, data):
+        raise OSError(5, "input/output error")
+
+    monkeypatch.setattr(_digest.FileDigest, "_fold_crc", broken)
+    blobs = FolderBlobs(tmp_path / "blobs")
+    with pytest.raises(StorageError, match="input/output error"):
+        blobs.put_bytes(b"y" * (5 << 20))
+
+
+def test_a_failed_hash_leaves_no_thread_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(_digest.FileDigest, "_fold_crc", lambda self, data: 1 / 0)
+    before = threading.active_count()
+    with open(tmp_path / "f", "w+b", buffering=0) as raw:
+        w = HashingWriter(raw, follow=raw.fileno())
+        w.write(b"z" * (_digest.STEP + 3))
+        with pytest.raises(ZeroDivisionError):
+            w.finish()
+    assert threading.active_count() == before

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import _faults
+from ..codecs._digest import FileDigest
 from ..errors import CorruptRecordError, StorageError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -30,15 +31,21 @@ CHUNK = 4 << 20  # bytes per PostgreSQL row and per read
 
 
 class HashingWriter:
-    """A binary file wrapper that hashes and counts what goes through it."""
+    """A binary file wrapper that hashes and counts what goes through it.
 
-    def __init__(self, raw: BinaryIO) -> None:
+    With *follow*, the descriptor of the file *raw* writes to unbuffered (open for reading
+    too), the SHA-256 and CRC-32 are computed by two threads reading the file behind the
+    writes, and `finish` waits for them; otherwise in the writing thread.
+    """
+
+    def __init__(self, raw: BinaryIO, follow: int | None = None) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.crc = 0
         self.size = 0
         self.closed = False
         self._half = False
+        self._digest = FileDigest(follow) if follow is not None else None
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -51,10 +58,25 @@ class HashingWriter:
             if not n:
                 raise OSError(28, "no space left on device (a write took no bytes)")
             rest = rest[n:]
-        self.sha.update(view)
-        self.crc = zlib.crc32(view, self.crc)
         self.size += view.nbytes
+        if self._digest is not None:
+            self._digest.advance(self.size)
+        else:
+            self.sha.update(view)
+            self.crc = zlib.crc32(view, self.crc)
         return view.nbytes
+
+    def finish(self) -> None:
+        """Wait for the hashes of everything written (`ref` and `crc` are final then)."""
+        if self._digest is not None:
+            self.sha, self.crc = self._digest.result()
+            self._digest = None
+
+    def abandon(self) -> None:
+        """Stop hashing: the write failed."""
+        if self._digest is not None:
+            self._digest.abandon()
+            self._digest = None
 
     def tell(self) -> int:
         return self.size
@@ -69,6 +91,23 @@ class HashingWriter:
     @property
     def ref(self) -> str:
         return self.sha.hexdigest()
+
+
+def _written(raw: Any, produce: Callable[[Any], None], durable: bool = False) -> HashingWriter:
+    """*raw* (an unbuffered file open for reading and writing) once *produce* wrote into it,
+    hashed by threads that follow the writes; *durable*: fsync'd too, while they finish."""
+    w = HashingWriter(raw, follow=raw.fileno())
+    try:
+        produce(w)
+        if durable:
+            if _faults.ACTIVE:
+                _faults.point("blob.before_commit")
+            os.fsync(raw.fileno())
+    except BaseException:
+        w.abandon()
+        raise
+    w.finish()
+    return w
 
 
 class BlobStore:
@@ -198,12 +237,8 @@ class FolderBlobs(BlobStore):
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
-            with open(tmp, "wb", buffering=0) as raw:
-                w = HashingWriter(raw)
-                produce(w)
-                if _faults.ACTIVE:
-                    _faults.point("blob.before_commit")
-                os.fsync(raw.fileno())
+            with open(tmp, "w+b", buffering=0) as raw:
+                w = _written(raw, produce, durable=True)
             ref = w.ref
             self._hold(owner, ref)
             final = self._path(ref)
@@ -296,9 +331,8 @@ class PostgresBlobs(BlobStore):
         self.s = store.qschema
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
-        with tempfile.TemporaryFile() as tmp:
-            w = HashingWriter(tmp)
-            produce(w)
+        with tempfile.TemporaryFile(buffering=0) as tmp:
+            w = _written(tmp, produce)
             ref, size, crc = w.ref, w.size, w.crc
             tmp.seek(0)
             with self.store.connection() as conn, conn.transaction():
