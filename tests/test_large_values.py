@@ -169,3 +169,33 @@ def test_a_failed_hash_leaves_no_thread_behind(tmp_path, monkeypatch):
         with pytest.raises(ZeroDivisionError):
             w.finish()
     assert threading.active_count() == before
+
+
+def test_postgres_blobs_are_sent_while_written_and_stored_once(schema, sql):
+    from durablenb.engine import runtime
+    from durablenb.store.blobs import PostgresBlobs
+
+    blobs = PostgresBlobs(runtime.store())  # whatever the backend's default place
+    payload = np.random.default_rng(9).bytes(2 * _digest.STEP + 12345)
+
+    def chunks():
+        query = f'SELECT ref, seq, length(data) FROM "{schema}".blob_chunks ORDER BY ref, seq'
+        return sql.execute(query).fetchall()
+
+    ref, size, crc = blobs.put_bytes(payload)
+    assert (ref, size, crc) == (hashlib.sha256(payload).hexdigest(), len(payload), zlib.crc32(payload))
+    stored = chunks()
+    assert stored == [(ref, 0, _digest.STEP), (ref, 1, _digest.STEP), (ref, 2, 12345)]
+    assert blobs.put_bytes(payload) == (ref, size, crc)  # identical: stored once
+    assert chunks() == stored
+    assert bytes(blobs.get(ref, crc=crc)) == payload
+
+    def failing(f):
+        f.write(payload)
+        raise ValueError("the encoder failed")
+
+    with pytest.raises(ValueError, match="encoder failed"):
+        blobs.put(failing)
+    assert chunks() == stored
+    objects = sql.execute(f'SELECT ref, size, chunks FROM "{schema}".blob_objects').fetchall()
+    assert objects == [(ref, size, 3)]

@@ -1,9 +1,10 @@
-"""SHA-256 and CRC-32 of a file while it is being written, in threads beside the writer.
+"""SHA-256 and CRC-32 of what a blob writer writes (`HashingWriter`, `written`).
 
-Each hash reads the file behind the writer (mapped, in steps of a few MB) from the pages
-the writes just filled, so the writer never waits for a hash and never has to keep its
-buffers for one: on two cores, hashing a large value costs little more than writing it.
-Both `hashlib` and `zlib.crc32` release the GIL on large buffers.
+Written to a file, the bytes are hashed in threads beside the writer: each hash reads the
+file behind it (mapped, in steps of a few MB) from the pages the writes just filled, so the
+writer never waits for a hash and never has to keep its buffers for one; on two cores,
+hashing a large value costs little more than writing it. Both `hashlib` and `zlib.crc32`
+release the GIL on large buffers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 import threading
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
+
+from .. import _faults
 
 #: Bytes a hash reads at a time: a multiple of every platform's mapping granularity.
 STEP = 4 << 20
@@ -74,15 +77,22 @@ class _Follower:
 
 
 class FileDigest:
-    """SHA-256 and CRC-32 of file *fd* (open for reading) as a writer appends to it."""
+    """SHA-256 and CRC-32 of file *fd* (open for reading) as a writer appends to it.
 
-    def __init__(self, fd: int) -> None:
+    *also*: called in a third thread with every `STEP` bytes of the file in order (the last
+    piece shorter), to send them on while they are written; the piece is valid during the
+    call only.
+    """
+
+    def __init__(self, fd: int, also: Callable[[Any], None] | None = None) -> None:
         self._sha = hashlib.sha256()
         self._crc = 0
         self._followers = [
             _Follower(fd, self._sha.update, "durablenb-sha256"),
             _Follower(fd, self._fold_crc, "durablenb-crc32"),
         ]
+        if also is not None:
+            self._followers.append(_Follower(fd, also, "durablenb-send"))
 
     def _fold_crc(self, data: Any) -> None:
         self._crc = zlib.crc32(data, self._crc)
@@ -105,3 +115,86 @@ class FileDigest:
         """Stop hashing (the write failed)."""
         for f in self._followers:
             f.close(abandon=True)
+
+
+class HashingWriter:
+    """A binary file wrapper that hashes and counts what goes through it.
+
+    With *follow*, the descriptor of the file *raw* writes to unbuffered (open for reading
+    too), the SHA-256 and CRC-32 are computed by two threads reading the file behind the
+    writes (and *also* called by a third, see `FileDigest`), and `finish` waits for them;
+    otherwise in the writing thread.
+    """
+
+    def __init__(self, raw: BinaryIO, follow: int | None = None,
+                 also: Callable[[Any], None] | None = None) -> None:  # fmt: skip
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.crc = 0
+        self.size = 0
+        self.closed = False
+        self._half = False
+        self._digest = FileDigest(follow, also) if follow is not None else None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if _faults.ACTIVE and not self._half and self.size >= 1 << 20:
+            self._half = True
+            _faults.point("blob.mid_write")
+        rest = view
+        while rest.nbytes:  # a raw file may take part of it (a full disk): write the rest
+            n = self.raw.write(rest)
+            if not n:
+                raise OSError(28, "no space left on device (a write took no bytes)")
+            rest = rest[n:]
+        self.size += view.nbytes
+        if self._digest is not None:
+            self._digest.advance(self.size)
+        else:
+            self.sha.update(view)
+            self.crc = zlib.crc32(view, self.crc)
+        return view.nbytes
+
+    def finish(self) -> None:
+        """Wait for the hashes of everything written (`ref` and `crc` are final then)."""
+        if self._digest is not None:
+            self.sha, self.crc = self._digest.result()
+            self._digest = None
+
+    def abandon(self) -> None:
+        """Stop hashing: the write failed."""
+        if self._digest is not None:
+            self._digest.abandon()
+            self._digest = None
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        """Mark closed; the underlying file stays open for the store to finish."""
+        self.closed = True
+
+    @property
+    def ref(self) -> str:
+        return self.sha.hexdigest()
+
+
+def written(raw: Any, produce: Callable[[Any], None], durable: bool = False,
+             also: Callable[[Any], None] | None = None) -> HashingWriter:  # fmt: skip
+    """*raw* (an unbuffered file open for reading and writing) once *produce* wrote into it,
+    hashed by threads that follow the writes; *durable*: fsync'd too, while they finish."""
+    w = HashingWriter(raw, follow=raw.fileno(), also=also)
+    try:
+        produce(w)
+        if durable:
+            if _faults.ACTIVE:
+                _faults.point("blob.before_commit")
+            os.fsync(raw.fileno())
+    except BaseException:
+        w.abandon()
+        raise
+    w.finish()
+    return w

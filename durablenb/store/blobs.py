@@ -16,10 +16,10 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from .. import _faults
-from ..codecs._digest import FileDigest
+from ..codecs._digest import HashingWriter, written
 from ..errors import CorruptRecordError, StorageError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -27,87 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BlobStore", "FolderBlobs", "PostgresBlobs", "FsspecBlobs", "HashingWriter", "open_blobs"]
 
-CHUNK = 4 << 20  # bytes per PostgreSQL row and per read
-
-
-class HashingWriter:
-    """A binary file wrapper that hashes and counts what goes through it.
-
-    With *follow*, the descriptor of the file *raw* writes to unbuffered (open for reading
-    too), the SHA-256 and CRC-32 are computed by two threads reading the file behind the
-    writes, and `finish` waits for them; otherwise in the writing thread.
-    """
-
-    def __init__(self, raw: BinaryIO, follow: int | None = None) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.crc = 0
-        self.size = 0
-        self.closed = False
-        self._half = False
-        self._digest = FileDigest(follow) if follow is not None else None
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        if _faults.ACTIVE and not self._half and self.size >= 1 << 20:
-            self._half = True
-            _faults.point("blob.mid_write")
-        rest = view
-        while rest.nbytes:  # a raw file may take part of it (a full disk): write the rest
-            n = self.raw.write(rest)
-            if not n:
-                raise OSError(28, "no space left on device (a write took no bytes)")
-            rest = rest[n:]
-        self.size += view.nbytes
-        if self._digest is not None:
-            self._digest.advance(self.size)
-        else:
-            self.sha.update(view)
-            self.crc = zlib.crc32(view, self.crc)
-        return view.nbytes
-
-    def finish(self) -> None:
-        """Wait for the hashes of everything written (`ref` and `crc` are final then)."""
-        if self._digest is not None:
-            self.sha, self.crc = self._digest.result()
-            self._digest = None
-
-    def abandon(self) -> None:
-        """Stop hashing: the write failed."""
-        if self._digest is not None:
-            self._digest.abandon()
-            self._digest = None
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def close(self) -> None:
-        """Mark closed; the underlying file stays open for the store to finish."""
-        self.closed = True
-
-    @property
-    def ref(self) -> str:
-        return self.sha.hexdigest()
-
-
-def _written(raw: Any, produce: Callable[[Any], None], durable: bool = False) -> HashingWriter:
-    """*raw* (an unbuffered file open for reading and writing) once *produce* wrote into it,
-    hashed by threads that follow the writes; *durable*: fsync'd too, while they finish."""
-    w = HashingWriter(raw, follow=raw.fileno())
-    try:
-        produce(w)
-        if durable:
-            if _faults.ACTIVE:
-                _faults.point("blob.before_commit")
-            os.fsync(raw.fileno())
-    except BaseException:
-        w.abandon()
-        raise
-    w.finish()
-    return w
+CHUNK = 4 << 20  # bytes per read (and per PostgreSQL row: `codecs._digest.STEP`)
 
 
 class BlobStore:
@@ -238,7 +158,7 @@ class FolderBlobs(BlobStore):
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "w+b", buffering=0) as raw:
-                w = _written(raw, produce, durable=True)
+                w = written(raw, produce, durable=True)
             ref = w.ref
             self._hold(owner, ref)
             final = self._path(ref)
@@ -319,6 +239,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Rows:
+    """Sends each piece it is called with as the next row of blob *ref* into COPY *cp*."""
+
+    def __init__(self, cp: Any, ref: str) -> None:
+        self.cp = cp
+        self.ref = ref
+        self.seq = 0
+
+    def __call__(self, piece: Any) -> None:
+        self.cp.write_row((self.ref, self.seq, memoryview(piece)))
+        self.seq += 1
+
+
 class PostgresBlobs(BlobStore):
     """Blobs in the store's own database, in 4 MB rows written with binary COPY."""
 
@@ -331,34 +264,36 @@ class PostgresBlobs(BlobStore):
         self.s = store.qschema
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
-        with tempfile.TemporaryFile(buffering=0) as tmp:
-            w = _written(tmp, produce)
+        # The rows go to the server while the value is encoded, under a provisional name
+        # (the SHA-256 is known only at the end); renaming them moves no bytes.
+        provisional = f"part:{uuid.uuid4().hex}"
+        with tempfile.TemporaryFile(buffering=0) as tmp, self.store.connection() as conn, \
+                conn.transaction():  # fmt: skip
+            with conn.cursor().copy(
+                f"COPY {self.s}.blob_chunks (ref, seq, data) FROM STDIN (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(["text", "int4", "bytea"])
+                rows = _Rows(cp, provisional)
+                w = written(tmp, produce, also=rows)
             ref, size, crc = w.ref, w.size, w.crc
-            tmp.seek(0)
-            with self.store.connection() as conn, conn.transaction():
-                if owner is not None:  # the same transaction: held exactly when stored
-                    self.store.hold_blob_in(conn, owner, ref)
-                else:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.blob_lock_key(ref)])
-                if conn.execute(f"SELECT 1 FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone():
-                    if self._intact(conn, ref, size, crc):
-                        return ref, size, crc
-                    # Damaged: replace it, in this transaction, with the copy just made.
-                    conn.execute(f"DELETE FROM {self.s}.blob_chunks WHERE ref = %s", [ref])
-                    conn.execute(f"DELETE FROM {self.s}.blob_objects WHERE ref = %s", [ref])
-                cur = conn.cursor()
-                with cur.copy(f"COPY {self.s}.blob_chunks (ref, seq, data) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.set_types(["text", "int4", "bytea"])
-                    seq = 0
-                    while chunk := tmp.read(CHUNK):
-                        cp.write_row((ref, seq, chunk))
-                        seq += 1
-                if _faults.ACTIVE:
-                    _faults.point("blob.before_commit")
-                conn.execute(
-                    f"INSERT INTO {self.s}.blob_objects (ref, size, chunks) VALUES (%s, %s, %s)",
-                    [ref, size, seq],
-                )
+            if owner is not None:  # the same transaction: held exactly when stored
+                self.store.hold_blob_in(conn, owner, ref)
+            else:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [self.store.blob_lock_key(ref)])
+            if conn.execute(f"SELECT 1 FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone():
+                if self._intact(conn, ref, size, crc):
+                    conn.execute(f"DELETE FROM {self.s}.blob_chunks WHERE ref = %s", [provisional])
+                    return ref, size, crc
+                # Damaged: replace it, in this transaction, with the copy just made.
+                conn.execute(f"DELETE FROM {self.s}.blob_chunks WHERE ref = %s", [ref])
+                conn.execute(f"DELETE FROM {self.s}.blob_objects WHERE ref = %s", [ref])
+            conn.execute(f"UPDATE {self.s}.blob_chunks SET ref = %s WHERE ref = %s", [ref, provisional])
+            if _faults.ACTIVE:
+                _faults.point("blob.before_commit")
+            conn.execute(
+                f"INSERT INTO {self.s}.blob_objects (ref, size, chunks) VALUES (%s, %s, %s)",
+                [ref, size, rows.seq],
+            )
         return ref, size, crc
 
     def _intact(self, conn: Any, ref: str, size: int, crc: int) -> bool:
