@@ -199,3 +199,12 @@ def test_postgres_blobs_are_sent_while_written_and_stored_once(schema, sql):
     assert chunks() == stored
     objects = sql.execute(f'SELECT ref, size, chunks FROM "{schema}".blob_objects').fetchall()
     assert objects == [(ref, size, 3)]
+
+
+def test_a_folder_blob_flushed_while_written_is_whole(tmp_path):
+    blobs = FolderBlobs(tmp_path / "blobs")
+    payload = np.random.default_rng(4).bytes(3 * _digest.FLUSH_STEP + 5)
+    step = _digest.STEP
+    ref, size, crc = blobs.put(lambda f: [f.write(payload[i:i + step]) for i in range(0, len(payload), step)])
+    assert bytes(blobs.get(ref, crc=crc)) == payload and size == len(payload)
+

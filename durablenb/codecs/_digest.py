@@ -21,14 +21,17 @@ from .. import _faults
 
 #: Bytes a hash reads at a time: a multiple of every platform's mapping granularity.
 STEP = 4 << 20
+#: Bytes written between early flushes of a file that is fsync'd at the end (`FileDigest`).
+FLUSH_STEP = 16 << 20
 
 
 class _Follower:
     """Folds *fold* over the bytes of file *fd* up to what `advance` published, in a thread."""
 
-    def __init__(self, fd: int, fold: Callable[[Any], None], name: str) -> None:
+    def __init__(self, fd: int, fold: Callable[[Any], None], name: str, step: int = STEP) -> None:
         self.fd = os.dup(fd)  # its own descriptor: valid until the thread ends
         self.fold = fold
+        self.step = step
         self.cond = threading.Condition()
         self.end = 0
         self.closing = self.abandoned = False
@@ -39,7 +42,7 @@ class _Follower:
     def advance(self, end: int) -> None:
         """The file now holds *end* bytes."""
         with self.cond:
-            ready = end // STEP > self.end // STEP
+            ready = end // self.step > self.end // self.step
             self.end = end
             if ready:
                 self.cond.notify()
@@ -67,13 +70,13 @@ class _Follower:
     def _next(self, pos: int) -> int | None:
         """Where the next step from *pos* ends, once written; None when all is folded."""
         with self.cond:
-            while not self.closing and self.end - pos < STEP:
+            while not self.closing and self.end - pos < self.step:
                 self.cond.wait()
             if self.abandoned or (self.closing and self.end <= pos):
                 return None
-            if self.closing and self.end - pos < STEP:
+            if self.closing and self.end - pos < self.step:
                 return self.end
-            return pos + STEP
+            return pos + self.step
 
 
 class FileDigest:
@@ -81,10 +84,11 @@ class FileDigest:
 
     *also*: called in a third thread with every `STEP` bytes of the file in order (the last
     piece shorter), to send them on while they are written; the piece is valid during the
-    call only.
+    call only. *flush*: another thread flushes the file to disk every `FLUSH_STEP` bytes
+    written (until `flushed`), so that the final fsync has little left to wait for.
     """
 
-    def __init__(self, fd: int, also: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, fd: int, also: Callable[[Any], None] | None = None, flush: bool = False) -> None:
         self._sha = hashlib.sha256()
         self._crc = 0
         self._followers = [
@@ -93,6 +97,10 @@ class FileDigest:
         ]
         if also is not None:
             self._followers.append(_Follower(fd, also, "durablenb-send"))
+        self._flusher = None
+        if flush:
+            sync = getattr(os, "fdatasync", os.fsync)
+            self._flusher = _Follower(fd, lambda _: sync(fd), "durablenb-flush", FLUSH_STEP)
 
     def _fold_crc(self, data: Any) -> None:
         self._crc = zlib.crc32(data, self._crc)
@@ -101,6 +109,16 @@ class FileDigest:
         """The file now holds *end* bytes."""
         for f in self._followers:
             f.advance(end)
+        if self._flusher is not None:
+            self._flusher.advance(end)
+
+    def flushed(self) -> None:
+        """Stop the early flushes (before the final fsync); raise what one raised."""
+        if self._flusher is not None:
+            self._flusher.close(abandon=True)
+            error, self._flusher = self._flusher.error, None
+            if error is not None:
+                raise error
 
     def result(self) -> tuple[Any, int]:
         """``(sha256 object, crc32)`` of all the bytes published, once hashed."""
@@ -113,7 +131,7 @@ class FileDigest:
 
     def abandon(self) -> None:
         """Stop hashing (the write failed)."""
-        for f in self._followers:
+        for f in self._followers + ([self._flusher] if self._flusher else []):
             f.close(abandon=True)
 
 
@@ -122,19 +140,19 @@ class HashingWriter:
 
     With *follow*, the descriptor of the file *raw* writes to unbuffered (open for reading
     too), the SHA-256 and CRC-32 are computed by two threads reading the file behind the
-    writes (and *also* called by a third, see `FileDigest`), and `finish` waits for them;
-    otherwise in the writing thread.
+    writes (*also* and *flush*: see `FileDigest`), and `finish` waits for them; otherwise
+    in the writing thread.
     """
 
     def __init__(self, raw: BinaryIO, follow: int | None = None,
-                 also: Callable[[Any], None] | None = None) -> None:  # fmt: skip
+                 also: Callable[[Any], None] | None = None, flush: bool = False) -> None:  # fmt: skip
         self.raw = raw
         self.sha = hashlib.sha256()
         self.crc = 0
         self.size = 0
         self.closed = False
         self._half = False
-        self._digest = FileDigest(follow, also) if follow is not None else None
+        self._digest = FileDigest(follow, also, flush) if follow is not None else None
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -154,6 +172,11 @@ class HashingWriter:
             self.sha.update(view)
             self.crc = zlib.crc32(view, self.crc)
         return view.nbytes
+
+    def flushed(self) -> None:
+        """Stop the early flushes (see `FileDigest.flushed`)."""
+        if self._digest is not None:
+            self._digest.flushed()
 
     def finish(self) -> None:
         """Wait for the hashes of everything written (`ref` and `crc` are final then)."""
@@ -185,11 +208,13 @@ class HashingWriter:
 def written(raw: Any, produce: Callable[[Any], None], durable: bool = False,
              also: Callable[[Any], None] | None = None) -> HashingWriter:  # fmt: skip
     """*raw* (an unbuffered file open for reading and writing) once *produce* wrote into it,
-    hashed by threads that follow the writes; *durable*: fsync'd too, while they finish."""
-    w = HashingWriter(raw, follow=raw.fileno(), also=also)
+    hashed by threads that follow the writes; *durable*: flushed to disk as it is written
+    and fsync'd at the end, while the hashes finish."""
+    w = HashingWriter(raw, follow=raw.fileno(), also=also, flush=durable)
     try:
         produce(w)
         if durable:
+            w.flushed()
             if _faults.ACTIVE:
                 _faults.point("blob.before_commit")
             os.fsync(raw.fileno())
