@@ -49,3 +49,41 @@ def test_values_it_does_not_write_are_left_to_the_cursor_and_nul_is_refused(sql,
     with pytest.raises(psycopg.DataError, match="NUL"):
         ins.run(sql, [1, "a\x00b"])
     assert sql.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+def test_a_connection_that_streamed_still_reads_a_finished_workflow(schema, dsn):
+    """psycopg 3.3's pipeline mode fails on a connection that ran `Cursor.stream` (blob
+    reads do): the store's reads of records must not depend on which pooled connection
+    they get."""
+    import durablenb as dnb
+    from durablenb.store import Store
+
+    @dnb.step
+    def one() -> int:
+        return 1
+
+    @dnb.workflow
+    def wf() -> int:
+        return one()
+
+    with dnb.workflow_id("streamed"):
+        assert wf() == 1
+    store = Store(dsn, schema=schema, max_size=1)
+
+    def stream() -> None:
+        with store.connection() as conn:
+            got = list(conn.cursor(binary=True).stream("SELECT generate_series(1, 3)"))
+            assert got == [(1,), (2,), (3,)]
+
+    try:
+        stream()
+        row, steps = store.finished("streamed", probe=False)
+        assert row.status == "succeeded" and [s.name.rsplit(".", 1)[-1] for s in steps.values()] == ["one"]
+        stream()
+        lease = store.lease("streamed")  # the pool's one connection, which streamed
+        try:
+            assert lease.load()[0].id == "streamed"
+        finally:
+            lease.close()
+    finally:
+        store.close()

@@ -57,18 +57,17 @@ class AdminMixin:
         with self.connection() as conn:
             if probe and self._q.status_direct.run(conn, [workflow_id]) not in _FINISHED:
                 return None
-            with conn.pipeline():
-                wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
-                wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
-                           "AND status IN ('succeeded', 'failed')", [workflow_id])  # fmt: skip
-                st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
-                st.execute(f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %(id)s AND EXISTS "
-                           f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %(id)s AND f.status IN "
-                           "('succeeded', 'failed')) ORDER BY position", {"id": workflow_id})  # fmt: skip
-                row = wf.fetchone()
-                steps = st.fetchall()
-        if row is None:
-            return None
+            # Two queries, not a pipeline: see `Lease.load`.
+            wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
+            row = wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
+                             "AND status IN ('succeeded', 'failed')", [workflow_id]).fetchone()  # fmt: skip
+            if row is None:
+                return None
+            st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
+            query = (f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %(id)s AND EXISTS "
+                     f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %(id)s AND f.status IN "
+                     "('succeeded', 'failed')) ORDER BY position")  # fmt: skip
+            steps = st.execute(query, {"id": workflow_id}).fetchall()
         return row, {rec.position: rec for rec in steps}
 
     def get_steps(self, workflow_id: str) -> dict[int, StepRecord]:

@@ -124,17 +124,19 @@ class Lease:
 
     # -- reading ---------------------------------------------------------------------------
     def load(self) -> tuple[WorkflowRow, dict[int, StepRecord]]:
-        """The workflow's record and all its step records, in one round trip."""
+        """The workflow's record and all its step records.
+
+        Two queries, not one pipeline: after a `Cursor.stream` (blob reads) on a connection,
+        psycopg 3.3's pipeline mode gets ``SINGLE_TUPLE`` results there (an InternalError);
+        pooled connections may have streamed."""
         s = self.q.s
         with self.store._guard(self.conn):
-            with self._c.pipeline():
-                wf = self._c.cursor(row_factory=class_row(WorkflowRow), binary=True)
-                wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s", [self.workflow_id])
-                st = self._c.cursor(row_factory=class_row(StepRecord), binary=True)
-                st.execute(f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %s ORDER BY position",
-                           [self.workflow_id])  # fmt: skip
-            row = wf.fetchone()
-            steps = st.fetchall()
+            wf = self._c.cursor(row_factory=class_row(WorkflowRow), binary=True)
+            row = wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s",
+                             [self.workflow_id]).fetchone()  # fmt: skip
+            st = self._c.cursor(row_factory=class_row(StepRecord), binary=True)
+            query = f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %s ORDER BY position"
+            steps = st.execute(query, [self.workflow_id]).fetchall()
         assert row is not None, "a locked workflow has a record"
         return row, {rec.position: rec for rec in steps}
 
