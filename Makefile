@@ -35,15 +35,22 @@ browser:
 	fi
 
 # Every test runs twice: on the embedded PostgreSQL and on the server at $(SERVER_DSN).
+# Test files run on $(TEST_WORKERS) pytest-xdist workers (a file's tests stay together in
+# one worker; on the embedded backend each worker has its own server). On the shared server
+# the tests that stop, crash or reconfigure it (marker server_restart) run alone, after.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 test: lint browser test-embedded test-server test-notebooks
 
 test-embedded: $(VENV)/.installed
-	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	env -u DURABLENB_TEST_DSN -u DURABLENB_DATABASE_URL $(PY) -m pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 test-server: $(VENV)/.installed
 	@$(PY) -c "import psycopg,sys; psycopg.connect('$(SERVER_DSN)', connect_timeout=5).close()" \
 	  || (echo "PostgreSQL is not reachable at $(SERVER_DSN); set SERVER_DSN" >&2; exit 1)
-	DURABLENB_TEST_DSN=$(SERVER_DSN) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	DURABLENB_TEST_DSN=$(SERVER_DSN) $(PY) -m pytest -p no:cacheprovider $(XDIST) -m "not server_restart" $(PYTEST_ARGS)
+	DURABLENB_TEST_DSN=$(SERVER_DSN) $(PY) -m pytest -p no:cacheprovider -m server_restart $(PYTEST_ARGS)
 
 # Every notebook, run by nbval in a fresh kernel on a fresh embedded server.
 test-notebooks: $(VENV)/.installed

@@ -48,6 +48,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(_HOME, ignore_errors=True)  # the embedded server's data and blobs
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that stop, crash or reconfigure the database they run on are marked
+    ``server_restart``: on a shared server they run alone (`make test-server`)."""
+    for item in items:
+        if "database" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server_restart)
+
+
 @pytest.fixture(scope="session")
 def backend() -> str:
     return _KIND
