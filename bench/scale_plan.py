@@ -106,8 +106,8 @@ def main() -> None:
                 for w in ids:
                     begin(store, w)
                 t = parallel(k, lambda i, ids=ids, m=m, a=asynchronous: write(store, ids[i], m, a))
-                mode = "kernel" if asynchronous else "full"
-                rows.append((f"records/s written, {k} connections, {mode}", f"{k * m / t:,.0f}"))
+                what = f"{k} connection{'s' * (k > 1)}, {'kernel' if asynchronous else 'full'}"
+                rows.append((f"records/s written, {what}", f"{k * m / t:,.0f}"))
             for k in (1, 8):
                 m = 2000
                 ids = [f"c{k}-{i}" for i in range(k)]
@@ -120,7 +120,7 @@ def main() -> None:
                             store.insert_step_in(conn, rec)
 
                 t = parallel(k, commits)
-                rows.append((f"synchronous commits/s, {k} connection(s)", f"{k * m / t:,.0f}"))
+                rows.append((f"synchronous commits/s, {k} connection{'s' * (k > 1)}", f"{k * m / t:,.0f}"))
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             lease = store.lease(wid)
             t0 = time.perf_counter()
