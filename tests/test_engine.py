@@ -367,10 +367,11 @@ def test_values_of_many_types_round_trip(schema):
 
 
 def test_cancel_stops_before_the_next_step(schema, calls):
-    gate = threading.Event()
+    gate, inside = threading.Event(), threading.Event()
 
     @dnb.step
     def first():
+        inside.set()
         gate.wait(10)
         return 1
 
@@ -384,7 +385,7 @@ def test_cancel_stops_before_the_next_step(schema, calls):
         return first() + second()
 
     h = dnb.start(wf)
-    time.sleep(0.2)
+    assert inside.wait(30)  # running its first step (however slow the machine is to get there)
     assert dnb.cancel(h.workflow_id)
     gate.set()
     with pytest.raises(dnb.WorkflowCancelledError):
