@@ -15,7 +15,7 @@ import pytest
 
 from durablenb import codecs
 from durablenb.codecs import _columnar, _digest
-from durablenb.errors import StorageError
+from durablenb.errors import CorruptRecordError, StorageError
 from durablenb.store.blobs import FolderBlobs, HashingWriter
 
 
@@ -56,18 +56,31 @@ def _encoded(value, compression=None):
     return used, sink.getvalue()
 
 
+def _mapped(data, tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 @pytest.fixture
 def grouped(monkeypatch):
-    monkeypatch.setattr(_columnar, "GROUPED_FROM", 0)  # every frame by groups of columns
+    monkeypatch.setattr(_columnar, "GROUPED_FROM", 0)  # every mapped frame by groups of columns
 
 
 @pytest.mark.parametrize("make", FRAMES)
 @pytest.mark.parametrize("compression", [None, "zstd"])
-def test_frames_converted_by_groups_of_columns_come_back_equal(grouped, make, compression):
+@pytest.mark.parametrize("source", ["mapped", "bytes"])
+def test_frames_converted_by_groups_of_columns_come_back_equal(grouped, make, compression, source,
+                                                               tmp_path, monkeypatch):  # fmt: skip
+    calls = []
+    real = _columnar._groups
+    monkeypatch.setattr(_columnar, "_groups", lambda *a: calls.append(a) or real(*a))
     value = make()
     value.attrs = {"source": "test"}
     used, data = _encoded(value, compression)
-    back = codecs.decode(used, data)
+    back = codecs.decode(used, _mapped(data, tmp_path) if source == "mapped" else data)
+    assert bool(calls) == (source == "mapped" and not compression)  # grouped only there
     if isinstance(value, pd.Series):
         pd.testing.assert_series_equal(back, value, check_exact=True)
     else:
@@ -83,11 +96,7 @@ def test_restored_columns_are_writable_in_place(tmp_path, monkeypatch, grouping)
     monkeypatch.setattr(_columnar, "GROUPED_FROM", grouping)
     value = wide_frame()
     used, data = _encoded(value)
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    back = codecs.decode(used, mapped)
+    back = codecs.decode(used, _mapped(data, tmp_path))
     back.loc[0, "carrier"] = "UA"
     back.loc[1, "x"] = 7.0
     back.loc[2, "seq"] = -1
@@ -199,6 +208,14 @@ def test_postgres_blobs_are_sent_while_written_and_stored_once(schema, sql):
     assert chunks() == stored
     objects = sql.execute(f'SELECT ref, size, chunks FROM "{schema}".blob_objects').fetchall()
     assert objects == [(ref, size, 3)]
+
+    sql.execute(f"UPDATE \"{schema}\".blob_chunks SET data = overlay(data placing '\\xff'::bytea "
+                "from 7) WHERE seq = 1")  # fmt: skip
+    with pytest.raises(CorruptRecordError, match="fails its checksum"):
+        blobs.get(ref, crc=crc)
+    sql.execute(f'DELETE FROM "{schema}".blob_chunks WHERE seq = 2')
+    with pytest.raises(CorruptRecordError, match="truncated"):
+        blobs.get(ref, crc=crc)
 
 
 def test_a_folder_blob_flushed_while_written_is_whole(tmp_path):

@@ -243,28 +243,34 @@ GROUPS = 8
 GROUPED_FROM = 16 << 20
 
 
-def _releaser(data: Any) -> Callable[[], None]:
-    """What drops the pages of *data* mapped so far: a mapped file's pages are counted in
-    the process's memory, though the kernel keeps them cached (re-read on the next touch)."""
+def _releaser(data: Any) -> Callable[[], None] | None:
+    """What drops the pages of *data* mapped so far, if it is a mapped file: their pages
+    are counted in the process's memory, though the kernel keeps them cached (re-read on
+    the next touch)."""
     if isinstance(data, mmap.mmap) and hasattr(data, "madvise") and len(data):
         return lambda: data.madvise(mmap.MADV_DONTNEED)
-    return lambda: None
+    return None
 
 
-def _to_pandas(source: Any, reader: Any, release: Callable[[], None]) -> Any:
-    """The pandas frame of the Arrow file *source*, converted a group of columns at a time
-    with *release* called after each (it unmaps a mapped blob's pages): a restore then holds
-    the new frame and the mapped pages of one group, not the frame and all of its source."""
+def _to_pandas(source: Any, reader: Any, release: Callable[[], None] | None) -> Any:
+    """The pandas frame of the Arrow file *source*.
+
+    A large frame whose columns are slices of a mapped file (not compressed) is converted a
+    group of columns at a time with *release* called after each: a restore then holds the
+    new frame and the mapped pages of one group, not the frame and all of its source. Any
+    other is converted at once (in memory, a source converted by groups stays whole).
+    """
     import pandas as pd
 
+    table = reader.read_all()  # slices of the source, or decompressed copies
     schema = reader.schema
     index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
     fields = [i for i, f in enumerate(schema) if f.name not in index]
-    groups = _groups(schema, fields) if source.size >= GROUPED_FROM else [fields]
-    if len(groups) <= 1:
-        return _writable(reader.read_all().to_pandas())
+    grouped = release is not None and source.size >= GROUPED_FROM and _sliced(table, source)
+    groups = _groups(schema, fields) if grouped else [fields]
+    if release is None or len(groups) <= 1:
+        return _writable(table.to_pandas())
     indexes = [i for i, f in enumerate(schema) if f.name in index]
-    table = reader.read_all()  # slices of the source, or decompressed copies
     parts: list[Any] = []
     for k, group in enumerate(groups):
         part = _writable(table.select(sorted(group + indexes if k == 0 else group)).to_pandas())
@@ -273,6 +279,17 @@ def _to_pandas(source: Any, reader: Any, release: Callable[[], None]) -> Any:
         parts.append(part)
         release()
     return pd.concat(parts, axis=1)
+
+
+def _sliced(table: Any, source: Any) -> bool:
+    """Whether *table*'s data lies in *source* (an uncompressed file), not in copies."""
+    start, end = source.address, source.address + source.size
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buf in chunk.buffers():
+                if buf is not None and buf.size:
+                    return bool(start <= buf.address < end)
+    return False
 
 
 def _groups(schema: Any, fields: list[int]) -> list[list[int]]:
