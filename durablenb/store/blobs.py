@@ -244,20 +244,23 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _Rows:
-    """Sends each piece it is called with as the next row of blob *ref* into COPY *cp*."""
+    """Inserts each piece it is called with as the next row of blob *ref*, in *conn*'s
+    transaction: a row at a time, so that the server stores each while the next is made
+    (a binary COPY would keep up to a thousand rows in memory and store them at its end)."""
 
-    def __init__(self, cp: Any, ref: str) -> None:
-        self.cp = cp
+    def __init__(self, conn: Any, table: str, ref: str) -> None:
+        self.conn = conn
+        self.query = f"INSERT INTO {table} (ref, seq, data) VALUES (%s, %s, %b)"
         self.ref = ref
         self.seq = 0
 
     def __call__(self, piece: Any) -> None:
-        self.cp.write_row((self.ref, self.seq, memoryview(piece)))
+        self.conn.execute(self.query, [self.ref, self.seq, memoryview(piece)])
         self.seq += 1
 
 
 class PostgresBlobs(BlobStore):
-    """Blobs in the store's own database, in 4 MB rows written with binary COPY."""
+    """Blobs in the store's own database, in 4 MB rows inserted while the value is encoded."""
 
     store: Store
 
@@ -269,16 +272,12 @@ class PostgresBlobs(BlobStore):
 
     def _put(self, produce: Callable[[Any], None], owner: str | None) -> tuple[str, int, int]:
         # The rows go to the server while the value is encoded, under a provisional name
-        # (the SHA-256 is known only at the end); renaming them moves no bytes.
+        # (the SHA-256 is known only at the end); renaming them moves no TOASTed bytes.
         provisional = f"part:{uuid.uuid4().hex}"
         with tempfile.TemporaryFile(buffering=0) as tmp, self.store.connection() as conn, \
                 conn.transaction():  # fmt: skip
-            with conn.cursor().copy(
-                f"COPY {self.s}.blob_chunks (ref, seq, data) FROM STDIN (FORMAT BINARY)"
-            ) as cp:
-                cp.set_types(["text", "int4", "bytea"])
-                rows = _Rows(cp, provisional)
-                w = written(tmp, produce, also=rows)
+            rows = _Rows(conn, f"{self.s}.blob_chunks", provisional)
+            w = written(tmp, produce, also=rows)
             ref, size, crc = w.ref, w.size, w.crc
             if owner is not None:  # the same transaction: held exactly when stored
                 self.store.hold_blob_in(conn, owner, ref)
