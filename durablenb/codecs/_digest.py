@@ -218,8 +218,8 @@ def written(raw: Any, produce: Callable[[Any], None], durable: bool = False,
             if _faults.ACTIVE:
                 _faults.point("blob.before_commit")
             os.fsync(raw.fileno())
-    except BaseException:
+        w.finish()
+    except BaseException:  # the threads never outlive the write, even interrupted
         w.abandon()
         raise
-    w.finish()
     return w
