@@ -1,7 +1,7 @@
 """A notebook of ``%%durable`` cells covering what a real notebook's state is made of —
-prints, its own functions and classes, in-place edits, a random generator, masked arrays
-and recarrays, a plot with ``fig``/``ax``, ``%timeit``, a trailing ``;``, a cell that
-raises — killed after every cell in turn and rerun whole in a new kernel: each cell shows
+prints, its own functions and classes, in-place edits, a view written through, a random
+generator, masked arrays and recarrays, a plot with ``fig``/``ax``, ``%timeit``, a trailing
+``;``, a cell that raises — killed after every cell in turn and rerun whole in a new kernel: each cell shows
 what the uninterrupted run showed, and the namespace ends up the same."""
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ CELLS = [
     "df = pd.DataFrame({'a': rng.integers(0, 10, 20)})\nprint('rows', len(df))\n",
     "def scale(v):\n    return v * 2\n\nclass Stat:\n    def __init__(self, v):\n        self.v = v\n\n"
     "stat = Stat(scale(int(df.a.sum())))\nprint('stat', stat.v)\n",
-    "df['b'] = df.a * 1.5\nx = np.zeros((2, 2))\nx[0, 0] = rng.random()\nprint('x', round(x[0, 0], 6))\n",
+    "df['b'] = df.a * 1.5\nx = np.zeros((2, 2))\nx[0, 0] = rng.random()\nrow = x[0]\n"
+    "print('x', round(x[0, 0], 6))\n",
     "m = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])\n"
     "r = np.rec.fromarrays([[1, 2], [3.0, 4.0]], names='p,q')\nprint('m', m.sum(), 'r', r.q.sum())\n",
     "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(2, 2))\nax.plot(df.a)\n"
     "print('axes', len(fig.axes))\n",
-    "%timeit -n1 -r1 sum(range(10))\ny = scale(3)\nprint('y', y)\n",
+    "%timeit -n1 -r1 sum(range(10))\ny = scale(3)\nrow[1] = 5.0\nprint('y', y)\n",
     "z = y + stat.v\nz;\n",
     "raise ValueError('a cell that raises')\n",
     "print('final', float(df.b.sum()), type(m).__name__, list(m.mask), type(r).__name__,\n"
-    "      ax.figure is fig, x[0, 0] == round(x[0, 0], 12), z, float(rng.random()))\n",
+    "      ax.figure is fig, x[0, 0] == round(x[0, 0], 12), z, float(rng.random()),\n"
+    "      x[0, 1], np.shares_memory(row, x))\n",
 ]
 SETUP = "%load_ext durablenb\n%matplotlib inline\n"
 _TIMING = re.compile(r"per loop|±")

@@ -171,6 +171,27 @@ def test_names_that_share_objects_still_share_them(shell):
     assert shell.ns["holder"][0] is shell.ns["f"] and shell.ns["holder"][1]["f"] is shell.ns["f"]
 
 
+def test_views_come_back_as_views_and_writes_through_them_as_writes(shell):
+    cells = [
+        "%%durable --id base\nimport numpy as np\nx = np.arange(16.0).reshape(4, 4)\n"
+        "sub = x[1:3, ::-2]\nflat = x.reshape(16)\n",
+        "%%durable --id through\nsub[0, 0] = -1.0\n",
+    ]
+    for c in cells:
+        shell.run(c)
+    expected = shell.ns["x"].copy()
+    _new_kernel(shell)
+    for c in cells:
+        shell.run(c)  # both restored, not run
+    import numpy as np
+
+    x, sub, flat = shell.ns["x"], shell.ns["sub"], shell.ns["flat"]
+    assert np.array_equal(x, expected) and x[1, 3] == -1.0
+    assert np.shares_memory(sub, x) and np.shares_memory(flat, x)
+    sub[1, 1] = 99.0  # still a view: the write lands in x
+    assert x[2, 1] == 99.0 and flat[9] == 99.0
+
+
 def test_a_cell_gets_a_timeline_only_when_it_records_steps(shell, monkeypatch):
     from durablenb.widgets import live, timeline_widget
 

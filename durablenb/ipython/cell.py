@@ -17,6 +17,7 @@ from .. import codecs
 from ..engine import Workflow, _canonical, hashing, runtime, values
 from ..engine.context import _explicit_id
 from ..engine.replay import call_workflow
+from . import _views
 
 # A cell's recorded output: {"names": {name: (codec, data, checksum)}, "skipped": [names
 # whose values cannot be encoded], "value": the last expression's value or None}.
@@ -202,7 +203,8 @@ class _Parts:
         value = None
         if self.last is not None:
             value = eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
-        self.names += [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
+        self.in_place = [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
+        self.names += self.in_place
         self.changed_state = {k: v for k, v in global_state().items() if _dumped(v) != _dumped(state.get(k))}
         return value
 
@@ -213,8 +215,14 @@ class _Parts:
         store = runtime.store()
         recorded: dict[str, tuple[str, bytes | None, int | None, str | None]] = {}
         skipped: list[str] = []
+        in_place = getattr(self, "in_place", [])
         wanted = [n for n in self.names if n in self.ns and n not in self.defined
                   and not isinstance(self.ns[n], types.ModuleType)]  # fmt: skip
+        try:  # kept as views of other names; at worst they are recorded as copies
+            views = _views.find(self.ns, wanted, exclude=in_place)
+        except Exception:  # noqa: BLE001
+            views = {}
+        wanted = [n for n in wanted if n not in views]
         together = {n: self.ns[n] for n in wanted if codecs.choose(self.ns[n]) == codecs.PICKLE}
         if len(together) > 1:
             try:
@@ -233,8 +241,8 @@ class _Parts:
                 continue
             recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
         grouped = list(together) if GROUP in recorded else []
-        return {"names": recorded, "skipped": skipped, "grouped": grouped,
-                "state": getattr(self, "changed_state", {})}  # fmt: skip
+        return {"names": recorded, "skipped": skipped, "grouped": grouped, "views": views,
+                "in_place": in_place, "state": getattr(self, "changed_state", {})}  # fmt: skip
 
     def restore(self, out: dict[str, Any]) -> list[str]:
         """Show what the cell printed, re-run its definitions, restore its names; the names
@@ -253,9 +261,15 @@ class _Parts:
                 failed.append(f"{label} ({type(exc).__name__}: {str(exc)[:120]})")
         if failed:
             return failed
+        restored = {**decoded.pop(GROUP, {}), **decoded}
+        in_place, specs = out.get("in_place", []), out.get("views", {})
+        views, failed = ({}, []) if not specs else _views.rebuild(specs, _views.bound(self.ns, restored,
+                                                                                         in_place))
+        if failed:
+            return failed
         _close_new_figures(figures)  # unpickled figures would be drawn again
-        self.ns.update(decoded.pop(GROUP, {}))
-        self.ns.update(decoded)
+        _views.assign(self.ns, restored, in_place)  # in place where the cell changed it in place
+        self.ns.update(views)
         set_global_state(out.get("state", {}))
         _replay_outputs(out)
         return []
