@@ -34,11 +34,27 @@ def _backend() -> tuple[str, str, Path | None]:
     return "embedded", server.start(home), home
 
 
-_KIND, _DSN, _HOME = _backend()
+# Set in pytest_configure, which only pytest's own processes run: a process a test spawns
+# that imports a test module (a process pool or a Dask worker unpickling a test's function)
+# must not start an embedded server of its own that nothing would stop.
+_KIND: str = "embedded"
+_DSN: str = ""
+_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _KIND, _DSN, _HOME
+    controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+    if controller:  # it runs no test: its workers start their own servers
+        dsn = os.environ.get("DURABLENB_TEST_DSN")
+        _KIND, _DSN = ("server", dsn) if dsn else ("embedded", "")
+        return
+    _KIND, _DSN, _HOME = _backend()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"durablenb backend: {_KIND} ({mask_dsn(_DSN)})"
+    where = mask_dsn(_DSN) if _DSN else "one embedded server per worker"
+    return f"durablenb backend: {_KIND} ({where})"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
