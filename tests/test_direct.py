@@ -77,7 +77,7 @@ def test_a_connection_that_streamed_still_reads_a_finished_workflow(schema, dsn)
 
     try:
         stream()
-        row, steps = store.finished("streamed", probe=False)
+        row, steps = store.finished("streamed")
         assert row.status == "succeeded" and [s.name.rsplit(".", 1)[-1] for s in steps.values()] == ["one"]
         stream()
         lease = store.lease("streamed")  # the pool's one connection, which streamed

@@ -163,7 +163,7 @@ async def execute_async(
 def _finished(store: Store, spec: Workflow, wid: str, digest: str | None, retry: bool) -> WorkflowRow | None:
     """The row of *wid*, which `Lease.begin` found finished, if its outcome stands (read
     without the lock: a finished record only changes under it)."""
-    found = store.finished(wid, probe=False)
+    found = store.finished(wid)
     if found is None:
         return None
     row, records = found

@@ -103,7 +103,6 @@ class _Queries:
         self.begin_direct = Statement(self.begin, WORKFLOW_TYPES)
         self.begin_child_direct = Statement(self.begin_child, WORKFLOW_TYPES)
         self.finish_direct = Statement(self.finish, WORKFLOW_TYPES)
-        self.status_direct = Statement(self.status, [TEXT])
 
     def _begin(self, child: bool) -> str:
         """Take the lock and insert the workflow row if absent, in one statement.

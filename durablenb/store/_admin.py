@@ -12,8 +12,6 @@ from ._lineage import tree_cte
 from ._notify import CANCEL_CHANNEL, cancel_payload
 from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
 
-_FINISHED = ([("succeeded",)], [("failed",)])
-
 
 class AdminMixin:
     """Workflow management and history queries; needs the attributes `Store` sets."""
@@ -24,8 +22,6 @@ class AdminMixin:
     if TYPE_CHECKING:  # provided by Store and LineageMixin
 
         def connection(self) -> Any: ...
-
-        _q: Any
 
         def lock_key(self, workflow_id: str) -> int: ...
 
@@ -46,17 +42,13 @@ class AdminMixin:
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s", [workflow_id]
             ).fetchone()
 
-    def finished(
-        self, workflow_id: str, probe: bool = True
-    ) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
+    def finished(self, workflow_id: str) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
         """The record and step records of *workflow_id* if it finished (succeeded or failed),
         without its lock: a finished record only changes when a new run takes the lock,
-        which a caller that finds something to run does first. *probe*: a light status
-        query first, so that a workflow that has not finished costs one short round trip."""
+        which a caller that finds something to run does first (`Lease.begin` with *probe*
+        says when it is worth asking)."""
         s = self.qschema
         with self.connection() as conn:
-            if probe and self._q.status_direct.run(conn, [workflow_id]) not in _FINISHED:
-                return None
             # Two queries, not a pipeline: see `Lease.load`.
             wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
             row = wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
