@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..errors import DurableError, DurableUsageError, WorkflowCancelledError, WorkflowTimeoutError
+from ..errors import DurableError, DurableUsageError, WorkflowCancelledError
 from ..store import Lease, StepRecord, Store
-from . import events
+from . import events, timeouts
 
 if TYPE_CHECKING:
     from .planner import Plan
@@ -68,10 +68,8 @@ class WorkflowRun:
 
     def is_cancelled(self) -> bool:
         """True once a cancel of this workflow has been seen, or its deadline passed."""
-        if not self.cancelled and self.deadline is not None and time.time() >= self.deadline:
-            from .timeouts import expire
-
-            expire(self)
+        if not self.cancelled and timeouts.overdue(self):
+            timeouts.expire(self)
             self.cancelled = True
         if not self.cancelled and self.store.is_cancelled(self.id):
             self.cancelled = True
@@ -79,9 +77,7 @@ class WorkflowRun:
 
     def cancelled_error(self) -> WorkflowCancelledError:
         """The error its caller gets now that it was cancelled (by its deadline, or not)."""
-        if self.deadline is not None and time.time() >= self.deadline:
-            return WorkflowTimeoutError(self.id, f"it ran past its timeout of {self.timeout:g} s")
-        return WorkflowCancelledError(self.id)
+        return timeouts.timed_out(self) if timeouts.overdue(self) else WorkflowCancelledError(self.id)
 
     def ancestors(self) -> list[str]:
         """Ids of this run and the runs it was called from, innermost first."""

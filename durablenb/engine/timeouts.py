@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DurableError, StepTimeoutError, WorkflowCancelledError, WorkflowTimeoutError
+from ..store import TIMED_OUT
 
 if TYPE_CHECKING:
     from ..store import WorkflowRow
@@ -152,10 +153,6 @@ async def await_with_timeout(make: Callable[[], Awaitable[Any]], seconds: float 
 # -- workflows --------------------------------------------------------------------------------
 
 
-#: The ``error_type`` of a row cancelled by its deadline (`Store.cancel` with a reason).
-TIMED_OUT = "durablenb.errors.WorkflowTimeoutError"
-
-
 def recorded_cancel(row: WorkflowRow) -> WorkflowCancelledError:
     """The error a caller gets for the cancelled workflow *row*."""
     if row.error_type == TIMED_OUT:
@@ -172,10 +169,24 @@ def arm(run: WorkflowRun, timeout: float | None) -> None:
     run.deadline = run.lease.set_deadline(time.time() + timeout)
 
 
+def overdue(run: WorkflowRun) -> bool:
+    """Whether *run* has a deadline and it passed."""
+    return run.deadline is not None and time.time() >= run.deadline
+
+
+def _why(run: WorkflowRun) -> str:
+    return f"it ran past its timeout of {run.timeout:g} s"
+
+
+def timed_out(run: WorkflowRun) -> WorkflowTimeoutError:
+    """The error the caller of *run* gets once its deadline cancelled it."""
+    return WorkflowTimeoutError(run.id, _why(run))
+
+
 def expire(run: WorkflowRun) -> None:
     """Cancel *run* (and its running descendants): its deadline passed."""
     try:
-        run.store.cancel(run.id, reason=f"it ran past its timeout of {run.timeout:g} s")
+        run.store.cancel(run.id, reason=_why(run))
     except DurableError as exc:  # the next step's check tries again
         logger.warning("workflow %s passed its deadline but could not be cancelled: %s", run.id, exc)
 

@@ -30,7 +30,7 @@ from ._notify import CancelListener
 from ._roles import DEFAULT_SCHEMA, Access, RolesMixin, default_schema, denied, inspect_access, role_schema
 from .blobs import BlobStore, open_blobs
 from .lease import Lease
-from .records import STEP_COLUMNS, NewWorkflow, Outcome, StepRecord, WorkflowRow
+from .records import STEP_COLUMNS, TIMED_OUT, NewWorkflow, Outcome, StepRecord, WorkflowRow
 
 __all__ = [
     "Store",
@@ -40,6 +40,7 @@ __all__ = [
     "WorkflowRow",
     "NewWorkflow",
     "Outcome",
+    "TIMED_OUT",
     "mask_dsn",
     "latest_version",
     "role_schema",

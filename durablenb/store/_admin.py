@@ -10,7 +10,7 @@ from psycopg.rows import class_row
 
 from ._lineage import tree_cte
 from ._notify import CANCEL_CHANNEL, cancel_payload
-from .records import STEP_COLUMNS, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
+from .records import STEP_COLUMNS, TIMED_OUT, WORKFLOW_COLUMNS, StepRecord, WorkflowRow
 
 
 class AdminMixin:
@@ -109,7 +109,7 @@ class AdminMixin:
         returns the ids cancelled (empty when none was running: the cancel came too late).
         *reason*: a timeout's, recorded as a `WorkflowTimeoutError` of *workflow_id*."""
         s = self.qschema
-        timeout = "durablenb.errors.WorkflowTimeoutError" if reason else None  # timeouts.TIMED_OUT
+        timeout = TIMED_OUT if reason else None
         with self.connection() as conn, conn.transaction():
             rows = conn.execute(
                 f"{tree_cte(s)} UPDATE {s}.workflows SET status = 'cancelled', "

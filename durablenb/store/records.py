@@ -93,6 +93,9 @@ def columns(cls: type) -> list[str]:
 
 _STEP_NAMES = tuple(columns(StepRecord))
 STEP_COLUMNS = ", ".join(_STEP_NAMES)
+#: The ``error_type`` of a workflow cancelled because it ran past its ``timeout=``
+#: (`Store.cancel` with a reason).
+TIMED_OUT = "durablenb.errors.WorkflowTimeoutError"
 WORKFLOW_COLUMNS = ", ".join(columns(WorkflowRow))
 
 
