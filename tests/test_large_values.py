@@ -120,6 +120,28 @@ def test_a_folder_blob_restores_by_groups(tmp_path, grouped):
     pd.testing.assert_frame_equal(codecs.decode(used[0], data), value, check_exact=True)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_folder_blob_array_restores_over_its_file_and_writes_stay_in_the_process(tmp_path, order):
+    """An array is decoded over the blob's private mapping (no copy): a plain, writable
+    ndarray whose writes never reach the blob."""
+    blobs = FolderBlobs(tmp_path / "blobs")
+    value = np.asarray(np.arange(600_000, dtype=np.float64).reshape(1000, 600), order=order)
+    ref, _, crc = blobs.put(lambda f: codecs.write(value, codecs.NPY, f, None))
+    back = codecs.decode(codecs.NPY, blobs.get(ref, crc=crc))
+    assert type(back) is np.ndarray and back.flags.writeable and not back.flags.owndata
+    assert back.flags.f_contiguous == (order == "F") and np.array_equal(back, value)
+    back[0, 0] = -1.0
+    back[-1] *= 2
+    again = codecs.decode(codecs.NPY, blobs.get(ref, crc=crc))  # the blob is unchanged
+    assert np.array_equal(again, value) and back[0, 0] == -1.0 and back[-1, 1] == 2 * value[-1, 1]
+    for frame in (wide_frame(),):  # a frame over the same kind of mapping takes writes too
+        ref, _, crc = blobs.put(lambda f, v=frame: codecs.write(v, codecs.ARROW, f, None))
+        restored = codecs.decode(codecs.ARROW, blobs.get(ref, crc=crc))
+        restored.loc[0, "carrier"] = "UA"
+        restored.loc[2, "seq"] = -1
+        pd.testing.assert_frame_equal(codecs.decode(codecs.ARROW, blobs.get(ref, crc=crc)), frame)
+
+
 def test_groups_split_columns_by_their_bytes():
     value = pd.DataFrame({f"c{i}": np.arange(10, dtype=np.int64) for i in range(20)})
     value["small"] = np.arange(10, dtype=np.int8)

@@ -206,9 +206,7 @@ def decode(codec: str, data: Any) -> Any:
     import pyarrow as pa
 
     if codec == "npy":
-        import numpy as np
-
-        return np.lib.format.read_array(io.BytesIO(memoryview(data)), allow_pickle=False)
+        return _npy(data)
     import pyarrow.ipc as ipc
 
     source = pa.py_buffer(data)
@@ -235,6 +233,33 @@ def decode(codec: str, data: Any) -> Any:
     if kind == b"recordbatch":
         return table.combine_chunks().to_batches()[0]
     return table
+
+
+def _npy(data: Any) -> Any:
+    """The array of the ``.npy`` bytes *data*: over *data* itself when it is writable memory
+    (a private mapping of a blob file, whose pages are then read on first touch and copied
+    on first write), else copied once."""
+    import numpy as np
+
+    view = memoryview(data)
+    head = io.BytesIO(view[: min(len(view), HEADER_MAX)])
+    version = np.lib.format.read_magic(head)
+    if version not in ((1, 0), (2, 0)):  # 3.0: a UTF-8 header, rare; read the usual way
+        return np.lib.format.read_array(io.BytesIO(view), allow_pickle=False)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(head)
+    if dtype.hasobject:
+        raise ValueError("an npy array of Python objects is not recorded as npy")
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(view, dtype=dtype, count=count, offset=head.tell())
+    if view.readonly:
+        flat = flat.copy()
+    order = "F" if fortran else "C"
+    return flat.reshape(shape, order=order)
+
+
+#: An ``.npy`` header is read from at most this many first bytes.
+HEADER_MAX = 1 << 16
 
 
 #: A frame's columns are converted in groups of about 1/GROUPS of its bytes (see `_to_pandas`).

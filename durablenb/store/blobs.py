@@ -192,7 +192,9 @@ class FolderBlobs(BlobStore):
             raise _storage_error("read", self.url, exc) from exc
         with f:
             size = os.fstat(f.fileno()).st_size
-            data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            # A private mapping: an array decoded over it is writable, its writes stay in
+            # this process (copied on write), and its unwritten pages stay the file's.
+            data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
         advise = size and hasattr(data, "madvise")
         if advise:
             data.madvise(mmap.MADV_WILLNEED)
