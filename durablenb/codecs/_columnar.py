@@ -246,7 +246,8 @@ def _npy(data: Any) -> Any:
     version = np.lib.format.read_magic(head)
     if version not in ((1, 0), (2, 0)):  # 3.0: a UTF-8 header, rare; read the usual way
         return np.lib.format.read_array(io.BytesIO(view), allow_pickle=False)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    fmt = np.lib.format
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
     shape, fortran, dtype = read_header(head)
     if dtype.hasobject:
         raise ValueError("an npy array of Python objects is not recorded as npy")
