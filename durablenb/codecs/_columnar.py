@@ -255,8 +255,7 @@ def _npy(data: Any) -> Any:
     flat = np.frombuffer(view, dtype=dtype, count=count, offset=head.tell())
     if view.readonly:
         flat = flat.copy()
-    order = "F" if fortran else "C"
-    return flat.reshape(shape, order=order)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 #: An ``.npy`` header is read from at most this many first bytes.
