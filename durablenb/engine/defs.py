@@ -175,6 +175,9 @@ class Workflow(_Durable):
     #: ids) instead of inline children: true of a notebook cell run as a workflow, so that a
     #: workflow is the same whether its cell is ``%%durable`` or not.
     transparent = False
+    #: Whether a call usually finds the workflow finished (a notebook cell rerun after a
+    #: restart): its record is then read first, before any lock is asked for.
+    finished_first = False
 
     def __init__(
         self,

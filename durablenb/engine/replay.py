@@ -131,6 +131,9 @@ def execute(
     *durability*: the caller's, unless *spec* chooses one. *retry*: a failed workflow runs
     again from its first failure whatever *spec* says (`dnb.resume`)."""
     __tracebackhide__ = True
+    if spec.finished_first and parent is None and parent_id is None and not retry:
+        if (done := _finished(store, spec, wid, digest, retry)) is not None:
+            return recorded_outcome(done, store)  # one query, no lock, no connection held
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)

@@ -49,12 +49,17 @@ class AdminMixin:
         says when it is worth asking)."""
         s = self.qschema
         with self.connection() as conn:
-            # Two queries, not a pipeline: see `Lease.load`.
-            wf = conn.cursor(row_factory=class_row(WorkflowRow), binary=True)
-            row = wf.execute(f"SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = %s "
-                             "AND status IN ('succeeded', 'failed')", [workflow_id]).fetchone()  # fmt: skip
-            if row is None:
+            # Two queries at most, not a pipeline (see `Lease.load`); one without steps.
+            wf = conn.cursor(binary=True)
+            found = wf.execute(f"SELECT {WORKFLOW_COLUMNS}, EXISTS (SELECT 1 FROM {s}.steps st "
+                               f"WHERE st.workflow_id = w.id) FROM {s}.workflows w WHERE id = %s "
+                               "AND status IN ('succeeded', 'failed')", [workflow_id]).fetchone()  # fmt: skip
+            if found is None:
                 return None
+            names = [d.name for d in wf.description or ()][:-1]
+            row = WorkflowRow(**dict(zip(names, found[:-1], strict=True)))
+            if not found[-1]:
+                return row, {}
             st = conn.cursor(row_factory=class_row(StepRecord), binary=True)
             query = (f"SELECT {STEP_COLUMNS} FROM {s}.steps WHERE workflow_id = %(id)s AND EXISTS "
                      f"(SELECT 1 FROM {s}.workflows f WHERE f.id = %(id)s AND f.status IN "
