@@ -5,19 +5,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
-import os
-import pickle
-import sys
 import tokenize
 import types
-import warnings
 from typing import Any
 
 from .. import codecs
 from ..engine import Workflow, _canonical, hashing, runtime, values
 from ..engine.context import _explicit_id
 from ..engine.replay import call_workflow
-from . import _views
+from . import _outputs, _views
 
 # A cell's recorded output: {"names": {name: (codec, data, checksum)}, "skipped": [names
 # whose values cannot be encoded], "value": the last expression's value or None}.
@@ -98,6 +94,7 @@ class CellWorkflow(Workflow):
     """A workflow whose body is a notebook cell (the workflows it calls are top-level ones)."""
 
     transparent = True
+    finished_first = True
 
     def __init__(self, fn: Any, *, name: str, code: str) -> None:
         super().__init__(fn, name=name)
@@ -132,7 +129,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None,
     def body() -> dict[str, Any]:
         __tracebackhide__ = True
         ran["executed"] = True
-        with _Tee() as printed, _Displays(shell, printed) as shown:
+        with _outputs.Tee() as printed, _outputs.Displays(shell, printed) as shown:
             value = parts.execute()
             shown.flush_figures()
         out = parts.record()
@@ -198,14 +195,18 @@ class _Parts:
         """Run the cell; names it only read but changed in place join the recorded ones."""
         __tracebackhide__ = True
         before = {n: fp for n in self.reads if n in self.ns and (fp := fingerprint(self.ns[n]))}
-        state = global_state()
+        state = _outputs.global_state()
         exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
         value = None
         if self.last is not None:
             value = eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
         self.in_place = [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
         self.names += self.in_place
-        self.changed_state = {k: v for k, v in global_state().items() if _dumped(v) != _dumped(state.get(k))}
+        self.changed_state = {
+            k: v
+            for k, v in _outputs.global_state().items()
+            if _outputs.dumped(v) != _outputs.dumped(state.get(k))
+        }
         return value
 
     def record(self) -> dict[str, Any]:
@@ -250,7 +251,7 @@ class _Parts:
         for node in self.rerun:
             exec(compile(ast.Module(body=[node], type_ignores=[]), self.filename, "exec"), self.ns)
         store, decoded, failed = runtime.store(), {}, []
-        figures = _figure_numbers()
+        figures = _outputs.figure_numbers()
         for n, (codec, data, checksum, blob) in out["names"].items():
             try:
                 decoded[n] = values.decode_value(store, codec, data, checksum, blob,
@@ -263,15 +264,16 @@ class _Parts:
             return failed
         restored = {**decoded.pop(GROUP, {}), **decoded}
         in_place, specs = out.get("in_place", []), out.get("views", {})
-        views, failed = ({}, []) if not specs else _views.rebuild(specs, _views.bound(self.ns, restored,
-                                                                                         in_place))
+        views, failed = (
+            ({}, []) if not specs else _views.rebuild(specs, _views.bound(self.ns, restored, in_place))
+        )
         if failed:
             return failed
-        _close_new_figures(figures)  # unpickled figures would be drawn again
+        _outputs.close_new_figures(figures)  # unpickled figures would be drawn again
         _views.assign(self.ns, restored, in_place)  # in place where the cell changed it in place
         self.ns.update(views)
-        set_global_state(out.get("state", {}))
-        _replay_outputs(out)
+        _outputs.set_global_state(out.get("state", {}))
+        _outputs.replay_outputs(out)
         return []
 
 
@@ -282,27 +284,6 @@ RUNNER_MIME = "application/vnd.durablenb.cell+json"
 GROUP = "*"
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _RERUN = (ast.Import, ast.ImportFrom, *_DEFS)
-#: The most printed text recorded per stream of a cell.
-MAX_PRINTED = 1 << 20
-
-
-def _replay_outputs(out: dict[str, Any]) -> None:
-    """Print and display again what the cell showed, in the order it showed it."""
-    done = {"stdout": 0, "stderr": 0}
-
-    def print_up_to(at: tuple[int, int]) -> None:
-        for stream, upto in zip(("stdout", "stderr"), at, strict=True):
-            text = out.get(stream) or ""
-            if upto > done[stream]:
-                getattr(sys, stream).write(text[done[stream]:upto])
-                getattr(sys, stream).flush()
-                done[stream] = upto
-
-    for shown in out.get("displays", ()):
-        data, metadata = shown[0], shown[1]
-        print_up_to(shown[2] if len(shown) > 2 else (0, 0))
-        _publish(data, metadata)
-    print_up_to((len(out.get("stdout") or ""), len(out.get("stderr") or "")))
 
 
 def _ends_with_semicolon(cell: str) -> bool:
@@ -316,154 +297,3 @@ def _ends_with_semicolon(cell: str) -> bool:
     except (tokenize.TokenError, SyntaxError):
         return cell.rstrip().endswith(";")
     return last == ";"
-
-
-class _Tee:
-    """While open, what is written to stdout and stderr still shows, and is kept."""
-
-    def __enter__(self) -> _Tee:
-        self.saved = {"stdout": sys.stdout, "stderr": sys.stderr}
-        self.kept = {k: io.StringIO() for k in self.saved}
-        for k, stream in self.saved.items():
-            setattr(sys, k, _TeeStream(stream, self.kept[k]))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for k, stream in self.saved.items():
-            setattr(sys, k, stream)
-
-    def sizes(self) -> tuple[int, int]:
-        """How much has been written to stdout and stderr so far."""
-        return self.kept["stdout"].tell(), self.kept["stderr"].tell()
-
-    def text(self, stream: str) -> str:
-        text = self.kept[stream].getvalue()
-        return text if len(text) <= MAX_PRINTED else text[:MAX_PRINTED] + "\n[… more not recorded]\n"
-
-
-class _TeeStream:
-    def __init__(self, target: Any, copy: io.StringIO) -> None:
-        self._target, self._copy = target, copy
-
-    def write(self, text: str) -> int:
-        self._copy.write(text)
-        return self._target.write(text)
-
-    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding… of the real stream
-        return getattr(self._target, name)
-
-
-_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-class _Displays:
-    """While open, what the cell displays (images, HTML, widgets' text forms) still shows,
-    and its mime bundles are kept to show again on restore: a display updated through its
-    display id (a progress line, a timeline's final copy) is kept as it ended."""
-
-    def __init__(self, shell: Any, printed: _Tee | None = None) -> None:
-        self.pub = getattr(shell, "display_pub", None)
-        self.printed = printed
-        #: [display id or None, data (None for a widget: its model dies with the kernel),
-        #: metadata, (characters printed to stdout, stderr before it)]
-        self._shown: list[list[Any]] = []
-
-    @property
-    def kept(self) -> list[tuple[dict[str, Any], dict[str, Any], tuple[int, int]]]:
-        return [(data, meta, at) for _, data, meta, at in self._shown if data and data != {"text/plain": ""}]
-
-    def _note(self, data: dict[str, Any], metadata: dict[str, Any] | None, kwargs: dict[str, Any]) -> None:
-        did = (kwargs.get("transient") or {}).get("display_id")
-        kept = None if _WIDGET_VIEW in data else dict(data)
-        if kwargs.get("update") and did is not None:
-            for entry in self._shown:
-                if entry[0] == did:
-                    entry[1], entry[2] = kept, dict(metadata or {})
-            return
-        at = self.printed.sizes() if self.printed is not None else (0, 0)
-        self._shown.append([did, kept, dict(metadata or {}), at])
-
-    def __enter__(self) -> _Displays:
-        if self.pub is not None:
-            original = self.pub.publish
-
-            def publish(data: dict[str, Any], metadata: dict[str, Any] | None = None,
-                        *args: Any, **kwargs: Any) -> Any:  # fmt: skip
-                self._note(data, metadata, kwargs)
-                return original(data, metadata, *args, **kwargs)
-
-            self.pub.publish = publish
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pub is not None:
-            self.pub.__dict__.pop("publish", None)
-
-    def flush_figures(self) -> None:
-        """Draw the cell's inline matplotlib figures now, inside the cell, so that they are
-        kept too (the inline backend would draw them after the cell)."""
-        backend = sys.modules.get("matplotlib_inline.backend_inline")
-        pyplot = sys.modules.get("matplotlib.pyplot")
-        if backend is None or pyplot is None or "inline" not in str(pyplot.get_backend()):
-            return
-        backend.flush_figures()
-
-
-def _figure_numbers() -> set[int]:
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    return set(pyplot.get_fignums()) if pyplot is not None else set()
-
-
-def _close_new_figures(before: set[int]) -> None:
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        for num in set(pyplot.get_fignums()) - before:
-            pyplot.close(num)
-
-
-def _publish(data: dict[str, Any], metadata: dict[str, Any]) -> None:
-    from IPython.display import publish_display_data
-
-    publish_display_data(data, metadata)
-
-
-def global_state() -> dict[str, Any]:
-    """What a cell can change besides its names: the random generators of ``random`` and
-    of NumPy, the working directory, matplotlib's rcParams (of the modules imported)."""
-    import random
-
-    state: dict[str, Any] = {"random": random.getstate(), "cwd": os.getcwd()}
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        state["numpy.random"] = numpy.random.get_state()
-    mpl = sys.modules.get("matplotlib")
-    if mpl is not None and hasattr(mpl, "rcParams"):
-        state["rcParams"] = {k: v for k, v in mpl.rcParams.items() if k != "backend"}
-    return state
-
-
-def set_global_state(state: dict[str, Any]) -> None:
-    """Put back what `global_state` recorded (what a restored cell had changed)."""
-    import random
-
-    if "random" in state:
-        random.setstate(state["random"])
-    if "cwd" in state and os.path.isdir(state["cwd"]):
-        os.chdir(state["cwd"])
-    if "numpy.random" in state:
-        import numpy
-
-        numpy.random.set_state(state["numpy.random"])
-    if "rcParams" in state:
-        import matplotlib
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            matplotlib.rcParams.update(state["rcParams"])
-
-
-def _dumped(value: Any) -> bytes | None:
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:  # noqa: BLE001  (cannot compare: take it as changed)
-        return None
