@@ -14,6 +14,7 @@ variable                       `Settings` field                    meaning (defa
 ``DURABLENB_SYNC_STATUS``      ``sync_status``                     start rows commit synchronously too
 ``DURABLENB_DURABILITY``       ``durability``                      full or kernel (per backend)
 ``DURABLENB_TIMELINE``         ``timeline``                        live timelines in kernels (1)
+``DURABLENB_RECOMPUTE``        ``recompute``                       rerun cheap pure cells (1)
 ``DURABLENB_FAULT``            ``fault``                           test kill point ``phase@n``
 ``DURABLENB_FAULT_COUNT``      ``fault_count``                     test file listing kill points
 =============================  ==================================  =================================
@@ -43,6 +44,7 @@ ENV = {
     "sync_status": "DURABLENB_SYNC_STATUS",
     "durability": "DURABLENB_DURABILITY",
     "timeline": "DURABLENB_TIMELINE",
+    "recompute": "DURABLENB_RECOMPUTE",
     "fault": "DURABLENB_FAULT",
     "fault_count": "DURABLENB_FAULT_COUNT",
 }
@@ -80,6 +82,9 @@ class Settings:
     #: None: ``kernel`` on the embedded server, ``full`` on a server URL (see docs/design.md).
     durability: str | None = None
     timeline: bool = True
+    #: A finished ``%%durable`` cell that touched nothing outside its kernel and runs faster
+    #: than its values decode is run again (its values checked) instead of restored.
+    recompute: bool = True
     fault: str = ""
     fault_count: str = ""
 
@@ -119,7 +124,7 @@ def _parse(field: str, text: str) -> Any:
             if seconds < 0:
                 raise ValueError("must be >= 0")
             return seconds
-        if field in ("sync_status", "timeline"):
+        if field in ("sync_status", "timeline", "recompute"):
             return text.strip().lower() not in ("", "0", "false", "no", "off")
         if field == "compression":
             if text not in _COMPRESSIONS:

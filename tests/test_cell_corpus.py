@@ -55,7 +55,7 @@ def _run(kernel, cells: list[str], restored: list[bool] | None = None) -> list[t
         out = kernel.run(c)
         shown.append(_shown(out))
         if restored is not None:
-            restored.append("without running it" in out["stdout"])
+            restored.append("without running it" in out["stdout"] or "recomputed" in out["stdout"])
     return shown
 
 

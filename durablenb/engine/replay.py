@@ -11,6 +11,7 @@ returns; if a cancel committed first, the caller gets `WorkflowCancelledError`.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from .. import _faults, codecs
@@ -131,6 +132,7 @@ def execute(
     *durability*: the caller's, unless *spec* chooses one. *retry*: a failed workflow runs
     again from its first failure whatever *spec* says (`dnb.resume`)."""
     __tracebackhide__ = True
+    sys.audit("durablenb.workflow", wid)  # its steps may act outside (see ipython._effects)
     if spec.finished_first and parent is None and parent_id is None and not retry:
         if (done := _finished(store, spec, wid, digest, retry)) is not None:
             return recorded_outcome(done, store)  # one query, no lock, no connection held
@@ -152,6 +154,7 @@ async def execute_async(
 ) -> Any:  # fmt: skip
     """`execute` for an ``async def`` workflow."""
     __tracebackhide__ = True
+    sys.audit("durablenb.workflow", wid)
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)

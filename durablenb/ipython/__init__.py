@@ -37,6 +37,10 @@ class DurableMagics(Magics):
     @argument("--runner", action="store_true",
               help="%%durable, in `durablenb run`: no messages; a cell whose names cannot all be "
                    "recorded runs again on resume; how it went is reported to the runner")
+    @argument("--no-recompute", dest="recompute", action="store_false",
+              help="%%durable: once finished, the cell is always restored, never run again "
+                   "(by default a cell that touched nothing outside the kernel runs again when "
+                   "that is faster than restoring it)")
     @argument("--from-step", type=int, default=None, help="fork: first position to run anew")
     @argument("--older-than", default=None, help="gc: age such as 90s, 30m, 12h, 7d, 2w")
     @argument("--status", default=None, help="list: statuses, comma-separated")
@@ -54,7 +58,7 @@ class DurableMagics(Magics):
         if cell is not None:
             if opts.command:
                 raise UsageError("%%durable takes no command; only --id ID")
-            return self._run_cell(cell, opts.workflow_id, opts.runner)
+            return self._run_cell(cell, opts.workflow_id, opts.runner, opts.recompute)
         from .commands import COMMANDS
 
         command = opts.command or "list"
@@ -65,11 +69,12 @@ class DurableMagics(Magics):
         except StoreUnavailableError as exc:
             raise UsageError(str(exc)) from None
 
-    def _run_cell(self, cell: str, workflow_id: str | None, runner: bool = False) -> Any:
+    def _run_cell(self, cell: str, workflow_id: str | None, runner: bool = False,
+                  recompute: bool = True) -> Any:  # fmt: skip
         __tracebackhide__ = True
         from .cell import RUNNER_MIME, run_cell
 
-        value, report = run_cell(self.shell, cell, workflow_id, rerun_unrecorded=runner)
+        value, report = run_cell(self.shell, cell, workflow_id, rerun_unrecorded=runner, recompute=recompute)
         if runner:
             from IPython.display import publish_display_data
 
@@ -80,8 +85,14 @@ class DurableMagics(Magics):
             return value
         if report["rerun_because"]:
             print("durablenb: ran the cell again: could not restore " + "; ".join(report["rerun_because"]))
-        if not report["executed"]:
-            names = ", ".join(report["names"]) or "nothing"
+        names = ", ".join(report["names"]) or "nothing"
+        if report["recomputed"]:
+            print(f"durablenb: cell {report['workflow_id']} already finished; recomputed {names} "
+                  "(faster than restoring them; equal to the record)")  # fmt: skip
+        elif not report["executed"]:
+            if report["recomputed"] is False:
+                print("durablenb: running the cell again gave other values than its record; "
+                      "restoring the recorded ones")  # fmt: skip
             print(f"durablenb: cell {report['workflow_id']} already finished; restored {names} "
                   "without running it")  # fmt: skip
         if report["skipped"]:

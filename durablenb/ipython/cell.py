@@ -5,15 +5,16 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import time
 import tokenize
 import types
 from typing import Any
 
 from .. import codecs
 from ..engine import Workflow, _canonical, hashing, runtime, values
-from ..engine.context import _explicit_id
+from ..engine.context import _explicit_id, enclosing
 from ..engine.replay import call_workflow
-from . import _outputs, _views
+from . import _effects, _outputs, _recompute, _views
 
 # A cell's recorded output: {"names": {name: (codec, data, checksum)}, "skipped": [names
 # whose values cannot be encoded], "value": the last expression's value or None}.
@@ -110,15 +111,17 @@ def default_cell_id(digest: str) -> str:
     return f"cell-{digest[:16]}"
 
 
-def run_cell(shell: Any, cell: str, workflow_id: str | None = None,
-             rerun_unrecorded: bool = False) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def run_cell(shell: Any, cell: str, workflow_id: str | None = None, rerun_unrecorded: bool = False,
+             recompute: bool = True) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Run *cell* durably in *shell*'s namespace: ``(display value, report)``.
 
     A finished, unchanged cell is not executed: what it printed is shown again, its
     ``def``/``class``/``import`` statements run again and its other recorded names are
     restored. A name that cannot be restored makes the cell run again (it says so); with
     *rerun_unrecorded*, so does a name that could not be recorded (a connection, a model
-    holding a thread), so that later cells find it.
+    holding a thread), so that later cells find it. With *recompute* (and the setting), a
+    cell that may run again and does so faster than it restores is run again instead, its
+    values checked against the record (`_recompute`).
     """
     __tracebackhide__ = True
     digest = cell_hash(cell)
@@ -129,26 +132,36 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None,
     def body() -> dict[str, Any]:
         __tracebackhide__ = True
         ran["executed"] = True
-        with _outputs.Tee() as printed, _outputs.Displays(shell, printed) as shown:
+        started = time.perf_counter()
+        with _outputs.Tee() as printed, _outputs.Displays(shell, printed) as shown, _effects.watch() as seen:
             value = parts.execute()
             shown.flush_figures()
+        run_s = time.perf_counter() - started
+        if (run := enclosing()) is not None and run.position:
+            seen.note("durablenb.step", ())  # steps recorded in the cell: never run it again
         out = parts.record()
         out["value"] = None if parts.quiet else _recordable(value)
         out["stdout"], out["stderr"] = printed.text("stdout"), printed.text("stderr")
         out["displays"] = shown.kept
+        out["run_s"], out["effects"] = run_s, seen.seen
+        out["recompute"] = _recompute.plan(parts, out, run_s, seen.seen)
         return out
 
     wf = CellWorkflow(body, name=f"%%durable:{wid}", code=digest)
     out = _call(wf, wid)
     report = {"workflow_id": wid, "executed": ran["executed"], "skipped": out["skipped"],
               "names": [n for n in out["names"] if n != GROUP] + out.get("grouped", []),
-              "rerun_because": None}  # fmt: skip
+              "rerun_because": None, "recomputed": None}  # fmt: skip
     if not ran["executed"]:
+        if recompute and runtime.store().settings.recompute and _recompute.worth_it(out):
+            report["recomputed"] = _recompute.run_again(parts, out)
+            if report["recomputed"]:
+                return (None if parts.quiet else out["value"]), report
         failed = [f"{n} could not be recorded" for n in out["skipped"]] if rerun_unrecorded else []
         failed = failed or parts.restore(out)
         if failed:  # never an error: run the cell again, recording it anew
             runtime.store().forget(wid)
-            value, again = run_cell(shell, cell, workflow_id, rerun_unrecorded)
+            value, again = run_cell(shell, cell, workflow_id, rerun_unrecorded, recompute)
             again["rerun_because"] = failed
             return value, again
     return (None if parts.quiet else out["value"]), report
@@ -176,9 +189,13 @@ class _Parts:
 
     def __init__(self, shell: Any, cell: str, wid: str) -> None:
         self.shell, self.wid = shell, wid
-        # IPython syntax (%magics, !shell, a?) becomes Python first, as in any cell.
-        source = shell.transform_cell(cell) if hasattr(shell, "transform_cell") else cell
-        tree = ast.parse(source)
+        # IPython syntax (%magics, !shell, a?) becomes Python first, as in any cell; Python
+        # stays as it is (parsed first: what is valid Python, IPython leaves alone).
+        try:
+            source, tree = cell, ast.parse(cell)
+        except SyntaxError:
+            source = shell.transform_cell(cell) if hasattr(shell, "transform_cell") else cell
+            tree = ast.parse(source)
         self.names = assigned_names(tree)
         self.reads = [n for n in read_names(tree) if n not in self.names]
         #: Re-run on restore instead of decoded: imports, and the notebook's own functions
@@ -288,6 +305,8 @@ _RERUN = (ast.Import, ast.ImportFrom, *_DEFS)
 
 def _ends_with_semicolon(cell: str) -> bool:
     """Whether the cell's last code token is ``;`` (IPython then shows no result)."""
+    if ";" not in cell:
+        return False
     last = ""
     try:
         for tok in tokenize.generate_tokens(io.StringIO(cell).readline):
