@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import sys
 from typing import Any
 
@@ -17,6 +18,10 @@ from ..errors import DurableError, StoreUnavailableError
 logger = logging.getLogger("durablenb")
 
 __all__ = ["DurableMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+
+#: A ``%%durable`` line with at most ``--id ID`` (anything else goes through argparse).
+_CELL_LINE = re.compile(r"\s*(?:--id[ =]([^\s'\"]+))?\s*")
 
 
 @magics_class
@@ -54,6 +59,8 @@ class DurableMagics(Magics):
         __tracebackhide__ = True
         if cell is None and line.split()[:1] in (["--help"], ["-h"]):
             line = "help"
+        if cell is not None and (plain := _CELL_LINE.fullmatch(line)):  # the usual line, parsed fast
+            return self._run_cell(cell, plain.group(1))
         opts = parse_argstring(self.durable, line)
         if cell is not None:
             if opts.command:
