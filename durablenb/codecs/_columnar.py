@@ -17,6 +17,8 @@ KIND = b"durablenb.kind"
 ATTRS = b"durablenb.attrs"
 SERIES_NAME = b"durablenb.series_name"
 SERIES_COLUMN = "__durablenb_series__"
+#: Schema metadata of an Arrow file whose buffers are compressed: the codec's name.
+COMPRESSION = b"durablenb.compression"
 
 
 def _json_ok(v: Any) -> bool:
@@ -169,6 +171,9 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
             table = _to_table(value)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise EncodingError(f"cannot convert {type(value).__qualname__} to Arrow: {exc}") from exc
+        if compression:  # a reader decompresses only the columns it converts
+            meta = {**table.schema.metadata, COMPRESSION: compression.encode()}
+            table = table.replace_schema_metadata(meta)
         options = ipc.IpcWriteOptions(compression=compression, use_threads=True)
         with ipc.new_file(pa.PythonFile(_Count(sink), mode="w"), table.schema, options=options) as w:
             w.write_table(table, max_chunksize=1 << 20)
@@ -280,25 +285,34 @@ def _releaser(data: Any) -> Callable[[], None] | None:
 def _to_pandas(source: Any, reader: Any, release: Callable[[], None] | None) -> Any:
     """The pandas frame of the Arrow file *source*.
 
-    A large frame whose columns are slices of a mapped file (not compressed) is converted a
-    group of columns at a time with *release* called after each: a restore then holds the
-    new frame and the mapped pages of one group, not the frame and all of its source. Any
-    other is converted at once (in memory, a source converted by groups stays whole).
+    A large frame in a mapped file is converted a group of columns at a time, with *release*
+    called after each: a restore then holds the new frame and one group's pages (and, when
+    the file is compressed, that group's buffers decompressed alone), not the frame and all
+    of its source. Any other is converted at once.
     """
     import pandas as pd
+    import pyarrow as pa
 
-    table = reader.read_all()  # slices of the source, or decompressed copies
     schema = reader.schema
     index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
     fields = [i for i, f in enumerate(schema) if f.name not in index]
-    grouped = release is not None and source.size >= GROUPED_FROM and _sliced(table, source)
-    groups = _groups(schema, fields) if grouped else [fields]
+    groups = _groups(schema, fields) if release is not None and source.size >= GROUPED_FROM else [fields]
     if release is None or len(groups) <= 1:
-        return _writable(table.to_pandas())
+        return _writable(reader.read_all().to_pandas())
+    # Compressed: each group read alone (only its buffers decompressed). Else the whole
+    # table at once, whose columns are slices of the mapping (a read of some fields copies).
+    table = None if COMPRESSION in (schema.metadata or {}) else reader.read_all()
     indexes = [i for i, f in enumerate(schema) if f.name in index]
     parts: list[Any] = []
     for k, group in enumerate(groups):
-        part = _writable(table.select(sorted(group + indexes if k == 0 else group)).to_pandas())
+        chosen = sorted(group + indexes if k == 0 else group)
+        if table is None:
+            part = _read(source, chosen)
+            release()  # the group's compressed pages, decompressed
+            part = _writable(part.to_pandas())
+            pa.default_memory_pool().release_unused()  # its decompressed buffers, freed
+        else:
+            part = _writable(table.select(chosen).to_pandas())
         if parts:
             part.index = parts[0].index  # the same object: no realignment
         parts.append(part)
@@ -306,15 +320,14 @@ def _to_pandas(source: Any, reader: Any, release: Callable[[], None] | None) -> 
     return pd.concat(parts, axis=1)
 
 
-def _sliced(table: Any, source: Any) -> bool:
-    """Whether *table*'s data lies in *source* (an uncompressed file), not in copies."""
-    start, end = source.address, source.address + source.size
-    for column in table.columns:
-        for chunk in column.chunks:
-            for buf in chunk.buffers():
-                if buf is not None and buf.size:
-                    return bool(start <= buf.address < end)
-    return False
+def _read(source: Any, fields: list[int]) -> Any:
+    """The table of the compressed Arrow file *source* with only its top-level *fields*,
+    their buffers decompressed."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    options = ipc.IpcReadOptions(included_fields=fields)
+    return ipc.open_file(pa.BufferReader(source), options=options).read_all()
 
 
 def _groups(schema: Any, fields: list[int]) -> list[list[int]]:

@@ -318,27 +318,42 @@ class PostgresBlobs(BlobStore):
                 yield chunk
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
+        """The blob's bytes as a private mapping of a temporary file they were streamed into
+        (checked as they came): a decoder reads it a part at a time, and the pages it drops
+        stay in the page cache, not in the process."""
+        with tempfile.TemporaryFile() as tmp:
+            size = self._spool(ref, tmp, what, crc)
+            if not size:
+                return b""
+            # Private: an array decoded over it is writable and its writes stay here.
+            return mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def _spool(self, ref: str, out: Any, what: str, crc: int | None) -> int:
+        """Write blob *ref*'s chunks into file *out* as they come, checked against *crc*
+        (else the SHA-256 *ref*); returns its size."""
         with self.store.connection() as conn:
             row = conn.execute(f"SELECT size FROM {self.s}.blob_objects WHERE ref = %s", [ref]).fetchone()
             if row is None:
                 raise _missing(ref, what, self.url)
-            buf = bytearray(row[0])
-            view = memoryview(buf)
-            pos = found = 0
-            for chunk in self._chunks(conn, ref):  # checked as it comes, while in cache
-                n = len(chunk)
-                if pos + n <= len(buf):
-                    view[pos : pos + n] = chunk
-                    found = zlib.crc32(chunk, found)
-                pos += n
-        if pos != len(buf):
-            how = "longer than recorded" if pos > len(buf) else "truncated"
+            size, pos, found = row[0], 0, 0
+            sha = hashlib.sha256() if crc is None else None
+            try:
+                for chunk in self._chunks(conn, ref):  # checked as it comes, while in cache
+                    pos += len(chunk)
+                    if pos <= size:
+                        out.write(chunk)
+                        found = zlib.crc32(chunk, found)
+                        if sha is not None:
+                            sha.update(chunk)
+                out.flush()
+            except OSError as exc:  # the temporary file: a full disk
+                raise _storage_error("read", self.url, exc) from exc
+        if pos != size:
+            how = "longer than recorded" if pos > size else "truncated"
             raise CorruptRecordError(f"the recorded {what} (blob {ref[:16]}…) is {how}")
-        if crc is None:
-            _check(buf, ref, what, self.url)
-        elif found != crc:
+        if (sha.hexdigest() != ref) if sha is not None else (found != crc):
             raise _damaged(ref, what, self.url)
-        return buf
+        return int(size)
 
     def listing(self) -> Iterable[tuple[str, float | None]]:
         with self.store.connection() as conn:
