@@ -168,6 +168,17 @@ def test_a_mapped_compressed_frame_decompresses_one_group_at_a_time(grouped, tmp
     assert not read
 
 
+def test_zstd_frames_are_written_at_the_level_chosen(monkeypatch):
+    value = pd.DataFrame({"n": np.random.default_rng(1).integers(0, 1000, 200_000)})
+    default, sizes = _columnar.ZSTD_LEVEL, {}
+    for level in (default, 9):
+        monkeypatch.setattr(_columnar, "ZSTD_LEVEL", level)
+        used, data = _encoded(value, "zstd")
+        pd.testing.assert_frame_equal(codecs.decode(used, data), value, check_exact=True)
+        sizes[level] = len(data)
+    assert sizes[9] < sizes[default] < value["n"].nbytes
+
+
 def test_groups_split_columns_by_their_bytes():
     value = pd.DataFrame({f"c{i}": np.arange(10, dtype=np.int64) for i in range(20)})
     value["small"] = np.arange(10, dtype=np.int8)
