@@ -15,7 +15,8 @@ timestamps), sized by their memory. For each size, every method runs in a fresh 
 - the disk: the frame's size in random bytes (made before the timing) written to a new file
   with fdatasync, then read back, in the same order and number as the others.
 
-Times are medians of 3 runs (1 at 400 MB); peak memory is from the first run: the highest
+Times are medians of 3 runs (1 at 400 MB), printed with the load average before and after
+(they move with the machine's other work); peak memory is from the first run: the highest
 RSS above the process's RSS just before the operation, sampled every 2 ms. Every method
 first checkpoints a 2 MB frame (imports and first-call costs); each timed write has new
 content, so none is a deduplicated no-op. Without --dsn the embedded server is used (a
@@ -258,6 +259,11 @@ def worker(method: str, mb: int, dsn: str, home: str) -> dict:
             "write_mb": wmem, "read_mb": rmem, "ok": bool(ok), "info": info}  # fmt: skip
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    """A load average as uptime shows it (1, 5 and 15 minutes): the machine's other work."""
+    return ", ".join(f"{x:.2f}" for x in avg)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10,80,400")
@@ -274,6 +280,7 @@ def main() -> int:
     home = tempfile.mkdtemp(prefix="durablenb-large-", dir=str(HERE.parent))
     dsn = args.dsn
     started = None
+    load_before = os.getloadavg()
     if dsn is None:
         from durablenb import server
 
@@ -305,7 +312,8 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\nlarge outputs — {'embedded' if args.dsn is None else 'server'} PostgreSQL; "
-          "MB/s of the frame's in-memory size; extra MB = peak RSS above the start\n")  # fmt: skip
+          "MB/s of the frame's in-memory size; extra MB = peak RSS above the start; load average "
+          f"{_load(load_before)} before, {_load(os.getloadavg())} after\n")  # fmt: skip
     print("| frame | method | write MB/s | restore MB/s | write extra MB | restore extra MB | ok "
           "| stored as |")
     print("|---|---|---|---|---|---|---|---|")
