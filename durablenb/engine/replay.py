@@ -134,8 +134,8 @@ def execute(
     __tracebackhide__ = True
     sys.audit("durablenb.workflow", wid)  # its steps may act outside (see ipython._effects)
     if spec.finished_first and parent is None and parent_id is None and not retry:
-        if (done := _finished(store, spec, wid, digest, retry)) is not None:
-            return recorded_outcome(done, store)  # one query, no lock, no connection held
+        if (done := _finished(store, spec, wid, digest, retry, ahead=True)) is not None:
+            return recorded_outcome(done, store)  # one query at most, no lock, no connection held
     lease = _lease(store, spec, wid, parent, durability)
     try:
         opened = _open(store, spec, lease, wid, digest, inputs, parent, position, parent_id, retry)
@@ -166,10 +166,11 @@ async def execute_async(
         store.clear_cancelled(wid)
 
 
-def _finished(store: Store, spec: Workflow, wid: str, digest: str | None, retry: bool) -> WorkflowRow | None:
-    """The row of *wid*, which `Lease.begin` found finished, if its outcome stands (read
-    without the lock: a finished record only changes under it)."""
-    found = store.finished(wid)
+def _finished(store: Store, spec: Workflow, wid: str, digest: str | None, retry: bool,
+              ahead: bool = False) -> WorkflowRow | None:  # fmt: skip
+    """The row of *wid*, if it finished and its outcome stands (read without the lock: a
+    finished record only changes under it). *ahead*: from what was read ahead, if known."""
+    found = store.finished(wid, ahead=spec.name if ahead else None)
     if found is None:
         return None
     row, records = found

@@ -148,6 +148,7 @@ def run_cell(shell: Any, cell: str, workflow_id: str | None = None, rerun_unreco
         return out
 
     wf = CellWorkflow(body, name=f"%%durable:{wid}", code=digest)
+    runtime.store().read_ahead("%%durable:", runtime.notebook())  # one query for the next cells
     out = _call(wf, wid)
     report = {"workflow_id": wid, "executed": ran["executed"], "skipped": out["skipped"],
               "names": [n for n in out["names"] if n != GROUP] + out.get("grouped", []),

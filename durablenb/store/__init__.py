@@ -20,6 +20,7 @@ from psycopg.rows import class_row
 from ..errors import StorePermissionError, StoreUnavailableError
 from ..settings import Settings
 from ._admin import AdminMixin
+from ._ahead import ReadAheadMixin
 from ._direct import Unsupported
 from ._dsn import mask_dsn, scrub
 from ._gc import BlobGcMixin
@@ -77,7 +78,7 @@ def is_disconnect(exc: BaseException, conn: psycopg.Connection | None = None) ->
     return isinstance(exc, psycopg.InterfaceError)
 
 
-class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
+class Store(ReadAheadMixin, AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
     """Durable records of workflows and steps in one PostgreSQL schema.
 
     *dsn*: a libpq connection string or URL. *settings*: the resolved `Settings` (schema,
@@ -358,6 +359,7 @@ class Store(AdminMixin, LineageMixin, BlobGcMixin, RolesMixin):
         """A connection ready to take *workflow_id*'s lock (see `Lease.begin`); with *share*,
         the connection of that (enclosing) lease. *durability*: of the records it writes
         (default: the store's)."""
+        self.drop_ahead(workflow_id)
         return Lease(self, workflow_id, share, durability or self.durability)
 
     # -- step records ----------------------------------------------------------------------

@@ -33,6 +33,10 @@ class AdminMixin:
 
         def collect_blobs(self, refs: Iterable[str]) -> int: ...
 
+        def _read_early(self, workflow_id: str, name: str) -> tuple[bool, WorkflowRow | None]: ...
+
+        def drop_ahead(self, workflow_id: str | None = None) -> None: ...
+
     # -- workflows -------------------------------------------------------------------------
     def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         """The record of *workflow_id*, if any."""
@@ -42,11 +46,18 @@ class AdminMixin:
                 f"SELECT {WORKFLOW_COLUMNS} FROM {self.qschema}.workflows WHERE id = %s", [workflow_id]
             ).fetchone()
 
-    def finished(self, workflow_id: str) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
+    def finished(
+        self, workflow_id: str, ahead: str | None = None
+    ) -> tuple[WorkflowRow, dict[int, StepRecord]] | None:
         """The record and step records of *workflow_id* if it finished (succeeded or failed),
         without its lock: a finished record only changes when a new run takes the lock,
         which a caller that finds something to run does first (`Lease.begin` with *probe*
-        says when it is worth asking)."""
+        says when it is worth asking). *ahead*: the workflow's name, to answer from what
+        `read_ahead` read when it knows."""
+        if ahead is not None:
+            known, early = self._read_early(workflow_id, ahead)
+            if known:
+                return None if early is None else (early, {})
         s = self.qschema
         with self.connection() as conn:
             # Two queries at most, not a pipeline (see `Lease.load`); one without steps.
@@ -113,6 +124,7 @@ class AdminMixin:
         """Mark *workflow_id* and its running descendants cancelled and tell their executors;
         returns the ids cancelled (empty when none was running: the cancel came too late).
         *reason*: a timeout's, recorded as a `WorkflowTimeoutError` of *workflow_id*."""
+        self.drop_ahead()
         s = self.qschema
         timeout = TIMED_OUT if reason else None
         with self.connection() as conn, conn.transaction():
@@ -132,6 +144,7 @@ class AdminMixin:
     def reopen(self, workflow_id: str) -> None:
         """Make a cancelled or failed workflow, and its cancelled or failed descendants,
         runnable again, dropping their recorded step failures."""
+        self.drop_ahead()
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             ids = [r[0] for r in conn.execute(
@@ -150,6 +163,7 @@ class AdminMixin:
     def forget(self, workflow_id: str) -> int:
         """Delete *workflow_id*, its descendants and archived runs, and the blobs nothing
         else holds; returns workflows removed."""
+        self.drop_ahead()
         with self.connection() as conn, conn.transaction():
             removed, refs = self._forget_tree(conn, workflow_id)
         self.collect_blobs(refs)  # after the commit: a crash here leaves work for the sweep
@@ -158,6 +172,7 @@ class AdminMixin:
     def forget_older_than(self, seconds: float) -> int:
         """Delete finished top-level workflows last updated more than *seconds* ago, with
         their descendants and archived runs, unless one of those is still running."""
+        self.drop_ahead()
         refs: list[str] = []
         removed = 0
         with self.connection() as conn, conn.transaction():
@@ -179,6 +194,7 @@ class AdminMixin:
 
     def set_step_code_hash(self, workflow_id: str, positions: list[int], code_hash: str | None) -> int:
         """Overwrite the code hash recorded for steps at *positions*; returns how many."""
+        self.drop_ahead()
         with self.connection() as conn:
             cur = conn.execute(
                 f"UPDATE {self.qschema}.steps SET code_hash = %s "

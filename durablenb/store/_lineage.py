@@ -37,6 +37,8 @@ class LineageMixin:
 
         def connection(self) -> Any: ...
 
+        def drop_ahead(self, workflow_id: str | None = None) -> None: ...
+
     def _subtree(self, conn: psycopg.Connection, root: str) -> list[tuple[str, str | None]]:
         """``(id, parent_id)`` of *root* and its descendants through ``parent_id``, parents first."""
         s = self.qschema
@@ -155,6 +157,7 @@ class LineageMixin:
 
     def fork(self, source_id: str, new_id: str, upto_position: int, executor: str) -> None:
         """Create *new_id* from *source_id*'s inputs and its step records before *upto_position*."""
+        self.drop_ahead()
         s = self.qschema
         with self.connection() as conn, conn.transaction():
             cur = conn.execute(
