@@ -191,6 +191,8 @@ def load_ipython_extension(ipython: Any) -> None:
     from ..widgets import live
 
     live.enable()
+    from . import cell  # noqa: F401  (what %%durable runs on: imported once, here, not in a cell)
+
     ipython.register_magics(DurableMagics)
     ipython.set_hook("complete_command", _complete, str_key="%durable")
     ipython.set_hook("complete_command", _complete, str_key="%%durable")

@@ -19,19 +19,20 @@ def replay_outputs(out: dict[str, Any]) -> None:
     """Print and display again what the cell showed, in the order it showed it."""
     done = {"stdout": 0, "stderr": 0}
 
-    def print_up_to(at: tuple[int, int]) -> None:
+    def print_up_to(at: tuple[int, int], flush: bool = True) -> None:
         for stream, upto in zip(("stdout", "stderr"), at, strict=True):
             text = out.get(stream) or ""
             if upto > done[stream]:
                 getattr(sys, stream).write(text[done[stream] : upto])
-                getattr(sys, stream).flush()
+                if flush:  # before a display: a kernel's flush waits for its I/O thread
+                    getattr(sys, stream).flush()
                 done[stream] = upto
 
     for shown in out.get("displays", ()):
         data, metadata = shown[0], shown[1]
         print_up_to(shown[2] if len(shown) > 2 else (0, 0))
         _publish(data, metadata)
-    print_up_to((len(out.get("stdout") or ""), len(out.get("stderr") or "")))
+    print_up_to((len(out.get("stdout") or ""), len(out.get("stderr") or "")), flush=False)
 
 
 class Tee:
@@ -154,7 +155,8 @@ def global_state() -> dict[str, Any]:
         state["numpy.random"] = numpy.random.get_state()
     mpl = sys.modules.get("matplotlib")
     if mpl is not None and hasattr(mpl, "rcParams"):
-        state["rcParams"] = {k: v for k, v in mpl.rcParams.items() if k != "backend"}
+        # dict.items: the stored values, without RcParams' checks on every read (slow)
+        state["rcParams"] = {k: v for k, v in dict.items(mpl.rcParams) if k != "backend"}
     return state
 
 
