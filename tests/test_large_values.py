@@ -179,6 +179,25 @@ def test_zstd_frames_are_written_at_the_level_chosen(monkeypatch):
     assert sizes[9] < sizes[default] < value["n"].nbytes
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_compressed_streams_start_with_small_batches_that_double(monkeypatch, tmp_path, compression):
+    import pyarrow.ipc as ipc
+
+    monkeypatch.setattr(_columnar, "FIRST_BATCH", 64 << 10)
+    monkeypatch.setattr(_columnar, "BATCH_ROWS", 12_000)
+    value = wide_frame(40_000)
+    used, data = _encoded(value, compression)
+    reader = ipc.open_file(data)
+    rows = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+    assert sum(rows) == len(value)
+    if compression:  # small first, then twice as many rows each time, up to BATCH_ROWS
+        assert rows[0] < rows[1] < rows[2] and max(rows) == 12_000
+        assert all(abs(b - min(2 * a, 12_000)) <= 1 for a, b in zip(rows[:-2], rows[1:-1], strict=True))
+    else:
+        assert rows == [12_000, 12_000, 12_000, 4_000]  # no compression to wait for
+    pd.testing.assert_frame_equal(codecs.decode(used, _mapped(data, tmp_path)), value, check_exact=True)
+
+
 def test_groups_split_columns_by_their_bytes():
     value = pd.DataFrame({f"c{i}": np.arange(10, dtype=np.int64) for i in range(20)})
     value["small"] = np.arange(10, dtype=np.int8)

@@ -181,7 +181,8 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
         options = ipc.IpcWriteOptions(compression=pa.Codec(compression, level) if compression else None,
                                       use_threads=True)  # fmt: skip
         with ipc.new_file(pa.PythonFile(_Count(sink), mode="w"), table.schema, options=options) as w:
-            w.write_table(table, max_chunksize=1 << 20)
+            for batch in _batches(table, compression):
+                w.write_table(batch, max_chunksize=BATCH_ROWS)
         return "arrow"
     stream: Any = sink
     out: Any = None
@@ -201,6 +202,27 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
         if out is not None:
             out.close()
     return f"{used}+{compression}" if compression else used
+
+
+#: Rows of each Arrow record batch, at most.
+BATCH_ROWS = 1 << 20
+#: Bytes (in memory) of the first batch of a compressed stream; each next one is twice as large.
+FIRST_BATCH = 4 << 20
+
+
+def _batches(table: Any, compression: str | None) -> list[Any]:
+    """*table* in the slices to write as record batches. A batch is compressed whole before
+    any of it is written: compressed, the first ones are small, so the stream's first bytes
+    leave soon, and then they double (fewer, larger batches decompress and convert faster)."""
+    if not compression or not table.num_rows or table.nbytes <= FIRST_BATCH:
+        return [table]
+    row_bytes = max(1, table.nbytes // table.num_rows)
+    slices, start, size = [], 0, FIRST_BATCH
+    while start < table.num_rows:
+        rows = max(1, min(BATCH_ROWS, size // row_bytes))
+        slices.append(table.slice(start, rows))
+        start, size = start + rows, size * 2
+    return slices
 
 
 def decompress(data: Any, compression: str) -> Any:
