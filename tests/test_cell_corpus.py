@@ -6,6 +6,7 @@ what the uninterrupted run showed, and the namespace ends up the same."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -47,8 +48,20 @@ def _shown(out: dict) -> tuple:
     return printed, out["results"], images, [e["ename"] for e in out["errors"]]
 
 
+#: A plain cell printing the namespace: each name, its type and a digest of its value, or
+#: else its repr (unless that holds an address: a function, a class).
+NAMESPACE = (
+    "import json as _json\nfrom durablenb.ipython.cell import fingerprint as _fp\n"
+    "def _value(v):\n    r = repr(v)\n    return _fp(v) or (None if ' at 0x' in r else r)\n"
+    "print(_json.dumps({k: [type(v).__module__, type(v).__qualname__, _value(v)] for k, v in globals().items()\n"
+    "                   if not k.startswith('_') and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython')},\n"
+    "                  sort_keys=True))\n"
+)
+
+
 def _run(kernel, cells: list[str], restored: list[bool] | None = None) -> list[tuple]:
-    """Run *cells*; *restored* collects whether each one was restored without running."""
+    """Run *cells*, then print the namespace (the last entry); *restored* collects whether
+    each cell was restored without running."""
     _no_traceback(kernel.run(SETUP))
     shown = []
     for c in cells:
@@ -56,6 +69,9 @@ def _run(kernel, cells: list[str], restored: list[bool] | None = None) -> list[t
         shown.append(_shown(out))
         if restored is not None:
             restored.append("without running it" in out["stdout"] or "recomputed" in out["stdout"])
+    names = kernel.run(NAMESPACE)
+    _no_traceback(names)
+    shown.append(tuple(json.loads(names["stdout"]).items()))
     return shown
 
 
@@ -75,7 +91,8 @@ def test_killed_after_any_cell_the_rerun_shows_the_same_notebook(kernels, baseli
     restored: list[bool] = []
     again = _run(kernels(), cells, restored)
     for i, (before, after) in enumerate(zip(baseline, again, strict=True)):
-        assert after == before, f"cell {i} after a kill after cell {killed_after}: {after} != {before}"
+        what = "the namespace" if i == len(CELLS) else f"cell {i}"
+        assert after == before, f"{what} after a kill after cell {killed_after}: {after} != {before}"
     # Every cell that finished before the kill was restored, not run (the one that raised
     # runs again: a cell's error is not final); the others ran.
     assert restored == [i < killed_after and i != 7 for i in range(len(CELLS))]
