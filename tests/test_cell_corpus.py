@@ -53,8 +53,9 @@ def _shown(out: dict) -> tuple:
 NAMESPACE = (
     "import json as _json\nfrom durablenb.ipython.cell import fingerprint as _fp\n"
     "def _value(v):\n    r = repr(v)\n    return _fp(v) or (None if ' at 0x' in r else r)\n"
-    "print(_json.dumps({k: [type(v).__module__, type(v).__qualname__, _value(v)] for k, v in globals().items()\n"
-    "                   if not k.startswith('_') and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython')},\n"
+    "_skip = ('In', 'Out', 'exit', 'quit', 'get_ipython')\n"
+    "print(_json.dumps({k: [type(v).__module__, type(v).__qualname__, _value(v)]\n"
+    "                   for k, v in globals().items() if not k.startswith('_') and k not in _skip},\n"
     "                  sort_keys=True))\n"
 )
 
