@@ -353,6 +353,13 @@ def test_a_postgres_blob_that_fails_its_sha256_or_cannot_be_spooled_is_an_error(
     monkeypatch.setattr(blob_module.tempfile, "TemporaryFile", lambda *a, **k: Full())
     with pytest.raises(StorageError, match="no space left"):
         blobs.get(ref, crc=crc)
+
+    def denied(*a, **k):
+        raise OSError(13, "permission denied")
+
+    monkeypatch.setattr(blob_module.tempfile, "TemporaryFile", denied)
+    with pytest.raises(StorageError, match="permission denied"):
+        blobs.get(ref, crc=crc)
     monkeypatch.undo()
     sql.execute(f'UPDATE "{schema}".blob_chunks SET data = set_byte(data, 2, 255 - get_byte(data, 2)) '
                 "WHERE seq = 1")

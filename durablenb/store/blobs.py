@@ -321,12 +321,13 @@ class PostgresBlobs(BlobStore):
         """The blob's bytes as a private mapping of a temporary file they were streamed into
         (checked as they came): a decoder reads it a part at a time, and the pages it drops
         stay in the page cache, not in the process."""
-        with tempfile.TemporaryFile() as tmp:
-            size = self._spool(ref, tmp, what, crc)
-            if not size:
-                return b""
-            # Private: an array decoded over it is writable and its writes stay here.
-            return mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                size = self._spool(ref, tmp, what, crc)
+                # Private: an array decoded over it is writable and its writes stay here.
+                return mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+        except OSError as exc:  # the temporary file: no space, no permission
+            raise _storage_error("read", self.url, exc) from exc
 
     def _spool(self, ref: str, out: Any, what: str, crc: int | None) -> int:
         """Write blob *ref*'s chunks into file *out* as they come, checked against *crc*
@@ -337,17 +338,14 @@ class PostgresBlobs(BlobStore):
                 raise _missing(ref, what, self.url)
             size, pos, found = row[0], 0, 0
             sha = hashlib.sha256() if crc is None else None
-            try:
-                for chunk in self._chunks(conn, ref):  # checked as it comes, while in cache
-                    pos += len(chunk)
-                    if pos <= size:
-                        out.write(chunk)
-                        found = zlib.crc32(chunk, found)
-                        if sha is not None:
-                            sha.update(chunk)
-                out.flush()
-            except OSError as exc:  # the temporary file: a full disk
-                raise _storage_error("read", self.url, exc) from exc
+            for chunk in self._chunks(conn, ref):  # checked as it comes, while in cache
+                pos += len(chunk)
+                if pos <= size:
+                    out.write(chunk)
+                    found = zlib.crc32(chunk, found)
+                    if sha is not None:
+                        sha.update(chunk)
+            out.flush()
         if pos != size:
             how = "longer than recorded" if pos > size else "truncated"
             raise CorruptRecordError(f"the recorded {what} (blob {ref[:16]}…) is {how}")
