@@ -375,3 +375,30 @@ def test_postgres_blob_rows_are_stored_without_compression(schema, sql):
         [f'"{schema}".blob_chunks'],
     ).fetchone()
     assert row == ("e",)
+
+
+def test_an_object_store_blob_restores_from_a_private_mapping(grouped):
+    fsspec = pytest.importorskip("fsspec")
+    from durablenb.store.blobs import FsspecBlobs
+
+    blobs = FsspecBlobs(f"memory://durablenb-{np.random.default_rng().integers(1 << 40)}/blobs")
+    value = wide_frame()
+    used: list[str] = []
+    ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codecs.ARROW, f, "zstd")))
+    data = blobs.get(ref, crc=crc)
+    assert isinstance(data, mmap.mmap) and len(data) == size and zlib.crc32(data) == crc
+    back = codecs.decode(used[0], data)
+    pd.testing.assert_frame_equal(back, value, check_exact=True)
+    back.loc[2, "seq"] = -1
+    pd.testing.assert_frame_equal(codecs.decode(used[0], blobs.get(ref)), value, check_exact=True)
+
+    fs = fsspec.filesystem("memory")
+    path = blobs._path(ref)
+    damaged = bytearray(fs.cat_file(path))
+    damaged[100] ^= 0xFF
+    fs.pipe_file(path, bytes(damaged))
+    with pytest.raises(CorruptRecordError, match="fails its checksum"):
+        blobs.get(ref, crc=crc)
+    fs.rm(path)
+    with pytest.raises(CorruptRecordError, match="missing"):
+        blobs.get(ref, crc=crc)

@@ -409,11 +409,18 @@ class FsspecBlobs(BlobStore):
         return w.ref, w.size, w.crc
 
     def get(self, ref: str, what: str = "value", crc: int | None = None) -> Any:
+        """The blob's bytes, downloaded into a temporary file and mapped privately like a
+        folder blob's: a decoder reads it a part at a time, not from a copy in memory."""
+        fd, local = tempfile.mkstemp(prefix="durablenb-blob-")
+        os.close(fd)
         try:
             try:
-                data = self.fs.cat_file(self._path(ref))
-            except FileNotFoundError:  # written before blobs had a folder per schema?
-                data = self.fs.cat_file(self._path(ref, self.legacy_base))
+                self._download(ref, local)
+                with open(local, "rb") as f:  # private: writes to what is decoded stay here
+                    size = os.fstat(f.fileno()).st_size
+                    data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+            finally:
+                Path(local).unlink(missing_ok=True)
         except FileNotFoundError:
             raise _missing(ref, what, self.url) from None
         except Exception as exc:
@@ -421,7 +428,15 @@ class FsspecBlobs(BlobStore):
                 raise
             raise _storage_error("read", self.url, exc) from exc
         _check(data, ref, what, self.url, crc)
+        if size and hasattr(data, "madvise"):  # the pages the check touched: the decoder maps its own
+            data.madvise(mmap.MADV_DONTNEED)
         return data
+
+    def _download(self, ref: str, local: str) -> None:
+        try:
+            self.fs.get_file(self._path(ref), local)
+        except FileNotFoundError:  # written before blobs had a folder per schema?
+            self.fs.get_file(self._path(ref, self.legacy_base), local)
 
     def listing(self) -> Iterable[tuple[str, float | None]]:
         for path, info in self.fs.find(self.base, detail=True).items():
