@@ -171,6 +171,28 @@ def test_names_that_share_objects_still_share_them(shell):
     assert shell.ns["holder"][0] is shell.ns["f"] and shell.ns["holder"][1]["f"] is shell.ns["f"]
 
 
+def test_a_pickled_name_holding_a_frame_or_array_still_shares_it(shell, capsys):
+    """Frames and arrays are recorded on their own (Arrow, npy); a pickled name that holds
+    one refers to it, so ``pair[0] is df`` after a restore as before."""
+    cells = [
+        "%%durable --id holds-one\nimport numpy as np, pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\n"
+        "pair = [df, 'label']\n",
+        "%%durable --id holds-many\narr = np.arange(4.0)\nframe = df.assign(b=3)\n"
+        "box = {'arr': arr, 'frames': [frame, frame]}\nlabel = 'x'\n",
+    ]
+    for c in cells:
+        shell.run(c)
+    _new_kernel(shell)
+    for c in cells:
+        shell.run(c)
+    assert capsys.readouterr().out.count("without running it") == 2
+    ns = shell.ns
+    assert ns["pair"][0] is ns["df"] and ns["pair"][1] == "label"
+    assert ns["box"]["arr"] is ns["arr"] and ns["box"]["frames"][0] is ns["frame"] is ns["box"]["frames"][1]
+    ns["arr"][0] = 9.0
+    assert ns["box"]["arr"][0] == 9.0 and list(ns["frame"].b) == [3, 3]
+
+
 def test_views_come_back_as_views_and_writes_through_them_as_writes(shell):
     cells = [
         "%%durable --id base\nimport numpy as np\nx = np.arange(16.0).reshape(4, 4)\n"

@@ -13,6 +13,7 @@ import math
 import pickle
 import traceback
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,10 +148,13 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
     return _columnar.write(value, codec, sink, compression)
 
 
-def encode(value: Any, codec: str | None = None, seal: Seal | None = None) -> Encoded:
+def encode(value: Any, codec: str | None = None, seal: Seal | None = None,
+           refs: Mapping[int, str] | None = None) -> Encoded:  # fmt: skip
     """Encode *value* in memory with the best codec for its type; `EncodingError` if none can.
 
-    *seal*: signs a pickle for the place it is recorded at (when a secret is set).
+    *seal*: signs a pickle for the place it is recorded at (when a secret is set). *refs*:
+    objects (by ``id``) a pickle records as a reference to a name instead of by value,
+    resolved by `decode`'s *refs* (objects recorded elsewhere that it shares).
     """
     codec = codec or choose(value)
     if codec == JSON:
@@ -163,29 +167,65 @@ def encode(value: Any, codec: str | None = None, seal: Seal | None = None) -> En
         used = write(value, codec, sink)
         data = sink.getvalue()
         return Encoded(used, data, zlib.crc32(data))
-    codec, data = pickled(value)
+    codec, data = pickled(value, refs)
     if seal is not None:
         codec = f"{codec}{_signing.SUFFIX}{seal.tag(codec, data)}"
     return Encoded(codec, data, zlib.crc32(data))
 
 
-def pickled(value: Any) -> tuple[str, bytes]:
+def pickled(value: Any, refs: Mapping[int, str] | None = None) -> tuple[str, bytes]:
     """``(codec, bytes)``: pickle protocol 5, or cloudpickle for what pickle refuses (never
-    an open file: cloudpickle would record what it holds, and hand back a `StringIO`)."""
+    an open file: cloudpickle would record what it holds, and hand back a `StringIO`).
+    *refs*: see `encode`."""
+    import io
+
     try:
-        return PICKLE, pickle.dumps(value, protocol=5)
+        if not refs:
+            return PICKLE, pickle.dumps(value, protocol=5)
+        out = io.BytesIO()
+        _referring(pickle.Pickler)(out, refs).dump(value)
+        return PICKLE, out.getvalue()
     except Exception as first:
         try:
-            import io
-
             out = io.BytesIO()
-            _refusing_pickler()(out, protocol=5).dump(value)
+            pickler = _refusing_pickler()
+            (_referring(pickler)(out, refs) if refs else pickler(out, protocol=5)).dump(value)
             return CLOUDPICKLE, out.getvalue()
         except Exception as exc:
             raise EncodingError(
                 f"cannot encode a value of type {type(value).__module__}."
                 f"{type(value).__qualname__}: {exc or first}"
             ) from exc
+
+
+def _referring(base: Any) -> Any:
+    """*base* (a pickler class), pickling the objects of its *refs* as references."""
+
+    class Referring(base):
+        def __init__(self, file: Any, refs: Mapping[int, str]) -> None:
+            super().__init__(file, protocol=5)
+            self._refs = refs
+
+        def persistent_id(self, obj: Any) -> str | None:
+            return self._refs.get(id(obj))
+
+    return Referring
+
+
+class _Resolving(pickle.Unpickler):
+    """An unpickler that resolves the references `_referring` wrote, from *refs*."""
+
+    def __init__(self, data: Any, refs: Mapping[str, Any]) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self._refs = refs
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self._refs[pid]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {pid!r}, which was not restored") from None
 
 
 _REFUSING: Any = None
@@ -217,12 +257,13 @@ def _refusing_pickler() -> Any:
 
 def decode(
     codec: str, data: Any, expected_checksum: int | None = None, *, what: str = "value",
-    seal: Seal | None = None,
+    seal: Seal | None = None, refs: Mapping[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     """Decode *data* (bytes or a buffer) written by `encode` or `write`.
 
     `CorruptRecordError` when it fails its checksum or cannot be decoded, and, with a *seal*
-    (a secret is set), when a pickle is not signed for this place.
+    (a secret is set), when a pickle is not signed for this place. *refs*: the objects, by
+    name, that a pickle written with `encode`'s *refs* refers to.
     """
     if data is None:
         raise CorruptRecordError(f"the recorded {what} has no data")
@@ -248,7 +289,7 @@ def decode(
         if base == JSON:
             return json.loads(bytes(data))
         if base in (PICKLE, CLOUDPICKLE):
-            return pickle.loads(data)
+            return _Resolving(data, refs).load() if refs else pickle.loads(data)
         if base in (ARROW, NPY):
             from . import _columnar
 

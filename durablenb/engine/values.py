@@ -7,7 +7,7 @@ Every value is recorded at a *place* — ``(lineage, position)`` of a step, or
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +59,11 @@ def seal(store: Store, place: Place) -> Seal | None:
     return None if key is None else Seal(key, binding(*place))
 
 
-def encode_value(store: Store, value: Any, place: Place, owner: str | None = None) -> Stored:
+def encode_value(store: Store, value: Any, place: Place, owner: str | None = None,
+                 refs: Mapping[int, str] | None = None) -> Stored:  # fmt: skip
     """Encode *value* for a record at *place*; large values stream straight into a blob,
     held by workflow *owner* (so that it stays as long as that workflow's records).
+    *refs*: objects a pickle records as references to names (`codecs.encode`).
 
     Raises `codecs.EncodingError` when no codec can encode it, `StorageError` when the blob
     store cannot take it.
@@ -79,7 +81,7 @@ def encode_value(store: Store, value: Any, place: Place, owner: str | None = Non
         ref, size, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, blobs.compression)),
                                    owner)  # fmt: skip
         return Stored(used[0], None, crc, size, ref)
-    enc = codecs.encode(value, codec, seal(store, place))
+    enc = codecs.encode(value, codec, seal(store, place), refs)
     if enc.size >= threshold:
         compression = blobs.compression
         if compression:
@@ -102,13 +104,14 @@ def _compressed(enc: codecs.Encoded, sink: Any, compression: str) -> str:
 
 def decode_value(
     store: Store, codec: str, data: Any, checksum: int | None, blob: str | None, what: str,
-    place: Place,
+    place: Place, refs: Mapping[str, Any] | None = None,
 ) -> Any:  # fmt: skip
-    """The value a record at *place* holds, read from its blob when it has one."""
+    """The value a record at *place* holds, read from its blob when it has one; *refs*: the
+    objects by name a pickle refers to (`codecs.decode`)."""
     s = seal(store, place)
     if blob:
-        return codecs.decode(codec, store.blobs.get(blob, what, checksum), None, what=what, seal=s)
-    return codecs.decode(codec, data, checksum, what=what, seal=s)
+        return codecs.decode(codec, store.blobs.get(blob, what, checksum), None, what=what, seal=s, refs=refs)
+    return codecs.decode(codec, data, checksum, what=what, seal=s, refs=refs)
 
 
 def encode_error(store: Store, exc: BaseException, place: Place) -> codecs.EncodedError:

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..engine import runtime, values
 from . import _outputs
 
 if TYPE_CHECKING:
@@ -50,13 +49,11 @@ def plan(parts: _Parts, out: dict[str, Any], run_s: float, effects: list[str]) -
             return None
         prints[name] = fp
     check_s = time.perf_counter() - started
+    from .cell import decode_names
+
     started = time.perf_counter()
-    store = runtime.store()
-    try:
-        for name, (codec, data, checksum, blob) in out["names"].items():
-            values.decode_value(store, codec, data, checksum, blob, f"value of {name!r}",
-                                (parts.wid, f"var:{name}"))  # fmt: skip
-    except Exception:  # noqa: BLE001  (what cannot be decoded now is restored, or fails, later)
+    _decoded, failed = decode_names(out, parts.wid)
+    if failed:  # what cannot be decoded now is restored, or fails, later
         return None
     restore_s = time.perf_counter() - started
     return {"fingerprints": prints, "check_s": check_s, "restore_s": restore_s}

@@ -230,7 +230,8 @@ class _Parts:
     def record(self) -> dict[str, Any]:
         """The cell's names, encoded. Those that pickle are encoded together, under the key
         ``*``, so that objects they share (``fig`` and ``ax``, a list and its items) are still
-        shared once restored; frames, arrays and plain data are encoded one by one."""
+        shared once restored; frames, arrays and plain data are encoded one by one, and the
+        pickle refers to those among them it holds (``pair = [df, 1]``) by name."""
         store = runtime.store()
         recorded: dict[str, tuple[str, bytes | None, int | None, str | None]] = {}
         skipped: list[str] = []
@@ -242,10 +243,14 @@ class _Parts:
         except Exception:  # noqa: BLE001
             views = {}
         wanted = [n for n in wanted if n not in views]
-        together = {n: self.ns[n] for n in wanted if codecs.choose(self.ns[n]) == codecs.PICKLE}
-        if len(together) > 1:
+        chosen = {n: codecs.choose(self.ns[n]) for n in wanted}
+        together = {n: self.ns[n] for n in wanted if chosen[n] == codecs.PICKLE}
+        refs = {
+            id(self.ns[n]): n for n in wanted if chosen[n] in (codecs.ARROW, codecs.NPY) and n not in in_place
+        }
+        if len(together) > 1 or (together and refs):
             try:
-                enc = values.encode_value(store, together, (self.wid, f"var:{GROUP}"), self.wid)
+                enc = values.encode_value(store, together, (self.wid, f"var:{GROUP}"), self.wid, refs or None)
             except codecs.EncodingError:
                 together = {}  # one of them cannot be recorded: each on its own, below
             else:
@@ -260,7 +265,8 @@ class _Parts:
                 continue
             recorded[n] = (enc.codec, enc.data, enc.checksum, enc.blob)
         grouped = list(together) if GROUP in recorded else []
-        return {"names": recorded, "skipped": skipped, "grouped": grouped, "views": views,
+        refers = sorted(n for n in refs.values() if n in recorded) if grouped else []
+        return {"names": recorded, "skipped": skipped, "grouped": grouped, "views": views, "refers": refers,
                 "in_place": in_place, "state": getattr(self, "changed_state", {})}  # fmt: skip
 
     def restore(self, out: dict[str, Any]) -> list[str]:
@@ -268,16 +274,8 @@ class _Parts:
         that could not be restored (then nothing is half-restored: the cell runs again)."""
         for node in self.rerun:
             exec(compile(ast.Module(body=[node], type_ignores=[]), self.filename, "exec"), self.ns)
-        store, decoded, failed = runtime.store(), {}, []
         figures = _outputs.figure_numbers()
-        for n, (codec, data, checksum, blob) in out["names"].items():
-            try:
-                decoded[n] = values.decode_value(store, codec, data, checksum, blob,
-                                                 f"value of {n!r} in cell {self.wid!r}",
-                                                 (self.wid, f"var:{n}"))  # fmt: skip
-            except Exception as exc:  # noqa: BLE001  (any failure: the cell runs again)
-                label = ", ".join(out.get("grouped", [])) if n == GROUP else n
-                failed.append(f"{label} ({type(exc).__name__}: {str(exc)[:120]})")
+        decoded, failed = decode_names(out, self.wid)
         if failed:
             return failed
         restored = {**decoded.pop(GROUP, {}), **decoded}
@@ -293,6 +291,27 @@ class _Parts:
         _outputs.set_global_state(out.get("state", {}))
         _outputs.replay_outputs(out)
         return []
+
+
+def decode_names(out: dict[str, Any], wid: str) -> tuple[dict[str, Any], list[str]]:
+    """The values of a cell's record by name (the pickled group under `GROUP`, decoded last:
+    it refers to the others), and what failed to decode."""
+    store = runtime.store()
+    decoded: dict[str, Any] = {}
+    failed: list[str] = []
+    for n in sorted(out["names"], key=lambda n: n == GROUP):
+        codec, data, checksum, blob = out["names"][n]
+        refs = {r: decoded[r] for r in out.get("refers", []) if r in decoded} if n == GROUP else {}
+        what, place = f"value of {n!r} in cell {wid!r}", (wid, f"var:{n}")
+        try:
+            if refs:
+                decoded[n] = values.decode_value(store, codec, data, checksum, blob, what, place, refs)
+            else:
+                decoded[n] = values.decode_value(store, codec, data, checksum, blob, what, place)
+        except Exception as exc:  # noqa: BLE001  (any failure: the cell runs again)
+            label = ", ".join(out.get("grouped", [])) if n == GROUP else n
+            failed.append(f"{label} ({type(exc).__name__}: {str(exc)[:120]})")
+    return decoded, failed
 
 
 #: The mime type of the report a cell run by `durablenb run` sends its runner (which removes it).
