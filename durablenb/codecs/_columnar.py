@@ -13,6 +13,8 @@ import mmap
 from collections.abc import Callable
 from typing import Any
 
+from . import _frames
+
 KIND = b"durablenb.kind"
 ATTRS = b"durablenb.attrs"
 SERIES_NAME = b"durablenb.series_name"
@@ -246,7 +248,9 @@ def decode(codec: str, data: Any) -> Any:
     meta = reader.schema.metadata or {}
     kind = meta.get(KIND, b"table")
     if kind in (b"pandas", b"series"):
-        df = _to_pandas(source, reader, _releaser(data))
+        df = None if COMPRESSION in meta else _frames.over_mapping(reader.read_all(), data)
+        if df is None:  # not all numeric, or not over writable memory: converted by Arrow
+            df = _to_pandas(source, reader, _releaser(data))
         if ATTRS in meta:
             df.attrs = json.loads(meta[ATTRS])
         if kind == b"series":

@@ -1,0 +1,70 @@
+"""Frames restored without a copy: a numeric frame over a blob's private mapping.
+
+A pandas frame whose columns are all integers or floats without nulls, with a range index,
+lies in an Arrow file as one contiguous buffer per column. Read from a private (copy on
+write) mapping of that file, each column can be a NumPy array over the mapping itself: no
+conversion, no new memory, pages read from the page cache on first touch and copied on
+first write, which stay in this process. Any other frame is converted by Arrow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Arrow types whose buffer is the column's NumPy array as it is.
+_PLAIN = frozenset("int8 int16 int32 int64 uint8 uint16 uint32 uint64 float float32 double float64".split())
+
+
+def over_mapping(table: Any, memory: Any) -> Any:
+    """The pandas frame of *table* (read from the writable buffer *memory* without copies)
+    with its columns over *memory*, or None when it is not such a numeric frame."""
+    import numpy as np
+
+    meta = table.schema.pandas_metadata
+    if not meta or len(meta.get("column_indexes", [])) > 1 or not _range_index(meta):
+        return None
+    try:
+        view = memoryview(memory)
+    except TypeError:
+        return None
+    if view.readonly:
+        return None
+    base = np.frombuffer(view, dtype=np.uint8)
+    start = base.__array_interface__["data"][0]
+    numpy_types = {c.get("name"): c.get("numpy_type") for c in meta.get("columns", [])}
+    arrays = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if str(field.type) not in _PLAIN or column.num_chunks != 1 or column.null_count:
+            return None
+        dtype = np.dtype(field.type.to_pandas_dtype())
+        if numpy_types.get(field.name) != str(dtype):
+            return None
+        chunk = column.chunk(0)
+        data = chunk.buffers()[1]
+        if data is None:
+            return None
+        offset = data.address - start + chunk.offset * dtype.itemsize
+        if offset < 0 or offset + len(chunk) * dtype.itemsize > len(view) or offset % dtype.alignment:
+            return None
+        arrays.append(np.frombuffer(view, dtype=dtype, count=len(chunk), offset=offset))
+    return _assemble(table, meta, arrays)
+
+
+def _range_index(meta: dict[str, Any]) -> bool:
+    index = meta.get("index_columns", [])
+    return not index or (len(index) == 1 and isinstance(index[0], dict) and index[0].get("kind") == "range")
+
+
+def _assemble(table: Any, meta: dict[str, Any], arrays: list[Any]) -> Any:
+    import pandas as pd
+
+    template = table.slice(0, 0).to_pandas()  # the column labels and dtypes Arrow would give
+    frame = pd.DataFrame(dict(enumerate(arrays)), copy=False)
+    frame.columns = template.columns
+    index = meta.get("index_columns", [])
+    if index:
+        r = index[0]
+        frame.index = pd.RangeIndex(r["start"], r["stop"], r["step"], name=r.get("name"))
+    if len(frame.index) != table.num_rows or not frame.dtypes.equals(template.dtypes):
+        return None
+    return frame

@@ -1,0 +1,80 @@
+"""Numeric frames restored over their blob's private mapping: no copy, equal, writable, and
+writes never reach the blob; any other frame is converted by Arrow as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from durablenb import codecs
+from durablenb.codecs import _frames
+from durablenb.store.blobs import FolderBlobs
+
+NUMERIC = [
+    lambda: pd.DataFrame({"a": np.arange(50_000), "b": np.linspace(0, 1, 50_000),
+                          "c": np.arange(50_000, dtype=np.float32), "d": np.arange(50_000) % 7 == 0}
+                         ).drop(columns="d"),
+    lambda: pd.DataFrame({"a": np.arange(10, dtype=np.uint8)}, index=pd.RangeIndex(5, 25, 2, name="k")),
+    lambda: pd.DataFrame({"a": np.arange(3)}).rename_axis(columns="cols"),
+    lambda: pd.Series(np.arange(5.0), name="s"),
+]  # fmt: skip
+OTHER = [
+    lambda: pd.DataFrame({"a": [1.0, np.nan]}),
+    lambda: pd.DataFrame({"a": pd.array([1, 2], dtype="Int64")}),
+    lambda: pd.DataFrame({"a": ["x", "y"]}),
+    lambda: pd.DataFrame({"a": [1, 2]}, index=["p", "q"]),
+    lambda: pd.DataFrame({"a": [True, False]}),
+    lambda: pd.DataFrame({"t": pd.date_range("2020", periods=3)}),
+]
+
+
+def _stored(tmp_path, value):
+    blobs = FolderBlobs(tmp_path / "blobs")
+    used: list[str] = []
+    ref, _, crc = blobs.put(lambda f: used.append(codecs.write(value, codecs.ARROW, f, None)))
+    return lambda: codecs.decode(used[0], blobs.get(ref, crc=crc))
+
+
+def _check(back, value):
+    if isinstance(value, pd.Series):
+        pd.testing.assert_series_equal(back, value, check_exact=True)
+    else:
+        pd.testing.assert_frame_equal(back, value, check_exact=True, check_index_type=True)
+
+
+@pytest.mark.parametrize("make", NUMERIC)
+def test_a_numeric_frame_restores_over_its_mapping_and_takes_writes_privately(tmp_path, make, monkeypatch):
+    value = make()
+    seen = []
+    real = _frames.over_mapping
+    monkeypatch.setattr(_frames, "over_mapping", lambda t, m: seen.append(r := real(t, m)) or r)
+    restore = _stored(tmp_path, value)
+    back = restore()
+    assert seen and seen[0] is not None  # no conversion
+    _check(back, value)
+    frame = back.to_frame() if isinstance(back, pd.Series) else back
+    frame.iloc[0, 0] = 99
+    frame.iloc[-1, -1] = 98
+    assert frame.iloc[0, 0] == 99 and frame.iloc[-1, -1] == 98
+    _check(restore(), value)  # the blob is unchanged
+
+
+@pytest.mark.parametrize("make", OTHER)
+def test_other_frames_are_converted_by_arrow(tmp_path, make, monkeypatch):
+    value = make()
+    seen = []
+    real = _frames.over_mapping
+    monkeypatch.setattr(_frames, "over_mapping", lambda t, m: seen.append(r := real(t, m)) or r)
+    back = _stored(tmp_path, value)()
+    assert seen == [None]
+    _check(back, value)
+
+
+def test_bytes_are_never_used_in_place():
+    value = NUMERIC[0]()
+    enc = codecs.encode(value)
+    back = codecs.decode(enc.codec, enc.data, enc.checksum)
+    _check(back, value)
+    back.iloc[0, 0] = 5  # a copy: bytes are read-only
+    _check(codecs.decode(enc.codec, enc.data, enc.checksum), value)
