@@ -3,6 +3,8 @@ writes never reach the blob; any other frame is converted by Arrow as before."""
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +29,13 @@ OTHER = [
     lambda: pd.DataFrame({"a": [True, False]}),
     lambda: pd.DataFrame({"t": pd.date_range("2020", periods=3)}),
 ]
+
+
+def _over_a_mapping(array) -> bool:
+    root = array
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
+    return isinstance(root, memoryview) and isinstance(root.obj, mmap.mmap)
 
 
 def _stored(tmp_path, value):
@@ -78,3 +87,29 @@ def test_bytes_are_never_used_in_place():
     _check(back, value)
     back.iloc[0, 0] = 5  # a copy: bytes are read-only
     _check(codecs.decode(enc.codec, enc.data, enc.checksum), value)
+
+
+def test_values_over_mappings_are_capped_then_copied(tmp_path, monkeypatch):
+    """Each mapping a value stays over holds a file descriptor: past the cap, values are
+    copied out of their mapping, which is then closed."""
+    from durablenb.codecs import _columnar
+
+    monkeypatch.setattr(_frames, "_kept", type(_frames._kept)())
+    monkeypatch.setattr(_frames, "_limit", [2])
+    blobs = FolderBlobs(tmp_path / "blobs")
+    kept = []
+    for i in range(4):
+        value = np.arange(300_000, dtype=np.float64) + i
+        ref, _, crc = blobs.put(lambda f, v=value: codecs.write(v, codecs.NPY, f, None))
+        back = codecs.decode(codecs.NPY, blobs.get(ref, crc=crc))
+        assert np.array_equal(back, value) and back.flags.writeable
+        kept.append(back)
+    assert [_over_a_mapping(b) for b in kept] == [True, True, False, False]
+    del kept[:2]
+    import gc
+
+    gc.collect()
+    frame = NUMERIC[0]()
+    back = _stored(tmp_path, frame)()  # room again: a frame stays over its mapping
+    _check(back, frame)
+    assert len(_frames._kept) == 1 and _columnar is not None

@@ -289,7 +289,7 @@ def _npy(data: Any) -> Any:
         raise ValueError("an npy array of Python objects is not recorded as npy")
     count = int(np.prod(shape, dtype=np.int64))
     flat = np.frombuffer(view, dtype=dtype, count=count, offset=head.tell())
-    if view.readonly:
+    if view.readonly or not _frames.may_keep(data):
         flat = flat.copy()
     return flat.reshape(shape, order="F" if fortran else "C")
 

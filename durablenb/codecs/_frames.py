@@ -9,7 +9,35 @@ first write, which stay in this process. Any other frame is converted by Arrow.
 
 from __future__ import annotations
 
+import mmap
+import weakref
 from typing import Any
+
+#: The mappings values were left over. Each holds a file descriptor while it lives (Python
+#: before 3.13 duplicates the file's), so they are capped below the process's limit.
+_kept: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+_limit: list[int] = []
+
+
+def may_keep(memory: Any) -> bool:
+    """Whether a value may be left over *memory* instead of copied out of it: always for
+    memory that is not a mapped file; for a mapping, while fewer than a quarter of the
+    process's open-file limit (at most 4096) are kept."""
+    if not isinstance(memory, mmap.mmap):
+        return True
+    if not _limit:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            soft = 1024
+        _limit.append(min(4096, max(16, (soft if soft > 0 else 1 << 16) // 4)))
+    if memory not in _kept and len(_kept) >= _limit[0]:
+        return False
+    _kept.add(memory)
+    return True
+
 
 #: Arrow types whose buffer is the column's NumPy array as it is.
 _PLAIN = frozenset("int8 int16 int32 int64 uint8 uint16 uint32 uint64 float float32 double float64".split())
@@ -47,7 +75,7 @@ def over_mapping(table: Any, memory: Any) -> Any:
         if offset < 0 or offset + len(chunk) * dtype.itemsize > len(view) or offset % dtype.alignment:
             return None
         arrays.append(np.frombuffer(view, dtype=dtype, count=len(chunk), offset=offset))
-    return _assemble(table, meta, arrays)
+    return _assemble(table, meta, arrays) if may_keep(memory) else None
 
 
 def _range_index(meta: dict[str, Any]) -> bool:
