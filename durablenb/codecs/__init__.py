@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptRecordError, RecordedError
-from . import _signing
+from . import _crc, _signing
 from ._signing import Seal
 
 __all__ = [
@@ -267,7 +267,7 @@ def decode(
     """
     if data is None:
         raise CorruptRecordError(f"the recorded {what} has no data")
-    if expected_checksum is not None and zlib.crc32(data) != expected_checksum:
+    if expected_checksum is not None and _crc.crc32(data) != expected_checksum:
         raise CorruptRecordError(
             f"the recorded {what} fails its checksum ({len(memoryview(data))} bytes, codec "
             f"{codec}); the record was altered or damaged"

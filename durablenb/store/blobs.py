@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
+from ..codecs import _crc
 from ..codecs._digest import HashingWriter, written
 from ..errors import CorruptRecordError, StorageError, StoreUnavailableError
 
@@ -109,7 +110,7 @@ def _storage_error(verb: str, where: str, exc: BaseException) -> StorageError:
 
 
 def _check(data: Any, ref: str, what: str, where: str, crc: int | None = None) -> None:
-    bad = zlib.crc32(data) != crc if crc is not None else hashlib.sha256(data).hexdigest() != ref
+    bad = _crc.crc32(data) != crc if crc is not None else hashlib.sha256(data).hexdigest() != ref
     if bad:
         raise _damaged(ref, what, where)
 

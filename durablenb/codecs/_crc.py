@@ -1,0 +1,84 @@
+"""CRC-32 (zlib's) of large buffers on several threads.
+
+`zlib.crc32` lets go of the GIL on large buffers, so the parts of a buffer can be checked
+side by side; their checksums are then joined as zlib's ``crc32_combine`` does (which
+Python's zlib does not expose): the first part's CRC is advanced over as many zero bytes as
+the second part holds, by GF(2) operators precomputed once per power of two.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+#: Buffers from this size are checked in parts, one per thread.
+PARALLEL_FROM = 32 << 20
+#: Parts are cut on multiples of this many bytes.
+_ALIGN = 1 << 16
+
+_ops: list[list[int]] = []
+_lock = threading.Lock()
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _square(mat: list[int]) -> list[int]:
+    return [_times(mat, mat[n]) for n in range(32)]
+
+
+def _operators() -> list[list[int]]:
+    """``[k]``: the operator advancing a CRC over 2**k zero bytes, k < 64."""
+    if not _ops:
+        with _lock:
+            if not _ops:
+                one_bit = [0xEDB88320] + [1 << n for n in range(31)]
+                op = _square(_square(_square(one_bit)))  # 8 zero bits: one byte
+                found = [op]
+                for _ in range(63):
+                    op = _square(op)
+                    found.append(op)
+                _ops.extend(found)
+    return _ops
+
+
+def combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A + B from ``crc32(A)``, ``crc32(B)`` and ``len(B)``."""
+    ops, k = _operators(), 0
+    while len2:
+        if len2 & 1:
+            crc1 = _times(ops[k], crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2
+
+
+def crc32(data: Any) -> int:
+    """``zlib.crc32(data)``, on up to as many threads as the machine has cores."""
+    view = memoryview(data).cast("B")
+    n = len(view)
+    parts = min(os.cpu_count() or 1, 4)
+    if n < PARALLEL_FROM or parts < 2:
+        return zlib.crc32(view)
+    size = -(-n // parts // _ALIGN) * _ALIGN
+    bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
+    if not _pool:
+        with _lock:
+            if not _pool:
+                _pool.append(ThreadPoolExecutor(max_workers=3, thread_name_prefix="durablenb-crc"))
+    rest = [_pool[0].submit(zlib.crc32, view[a:b]) for a, b in bounds[1:]]
+    crc = zlib.crc32(view[bounds[0][0] : bounds[0][1]])
+    for (a, b), part in zip(bounds[1:], rest, strict=True):
+        crc = combine(crc, part.result(), b - a)
+    return crc

@@ -1,0 +1,45 @@
+"""CRC-32 of large buffers checked on several threads equals zlib's, and a damaged byte in
+any part of a large blob is still caught."""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+from durablenb import codecs
+from durablenb.codecs import _crc
+from durablenb.errors import CorruptRecordError
+from durablenb.store.blobs import FolderBlobs
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, _crc.PARALLEL_FROM - 1, _crc.PARALLEL_FROM,
+                                  _crc.PARALLEL_FROM + 12_345, 3 * _crc.PARALLEL_FROM + 7])  # fmt: skip
+def test_large_buffers_checked_in_parts_give_zlibs_crc(size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    assert _crc.crc32(data) == zlib.crc32(data) == _crc.crc32(memoryview(data.tobytes()))
+
+
+def test_combined_checksums_equal_the_checksum_of_the_whole():
+    rng = random.Random(3)
+    for _ in range(300):
+        a, b = os.urandom(rng.randint(0, 5000)), os.urandom(rng.randint(0, 5000))
+        assert _crc.combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.99])
+def test_a_damaged_byte_anywhere_in_a_large_blob_is_caught(tmp_path, where):
+    blobs = FolderBlobs(tmp_path / "blobs")
+    value = np.arange((_crc.PARALLEL_FROM * 2) // 8, dtype=np.float64)
+    ref, size, crc = blobs.put(lambda f: codecs.write(value, codecs.NPY, f, None))
+    path = blobs._path(ref)
+    with open(path, "r+b") as f:
+        f.seek(int(size * where))
+        byte = f.read(1)
+        f.seek(int(size * where))
+        f.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(CorruptRecordError, match="fails its checksum"):
+        blobs.get(ref, crc=crc)
