@@ -69,6 +69,16 @@ def test_a_numeric_frame_restores_over_its_mapping_and_takes_writes_privately(tm
     _check(restore(), value)  # the blob is unchanged
 
 
+def test_a_frame_of_more_rows_than_a_batch_still_restores_over_its_mapping(tmp_path, monkeypatch):
+    from durablenb.codecs import _columnar
+
+    monkeypatch.setattr(_columnar, "BATCH_ROWS", 1000)  # written uncompressed: one batch
+    value = NUMERIC[0]()
+    back = _stored(tmp_path, value)()
+    _check(back, value)
+    assert all(_over_a_mapping(back[c].to_numpy()) for c in back.columns)
+
+
 @pytest.mark.parametrize("make", OTHER)
 def test_other_frames_are_converted_by_arrow(tmp_path, make, monkeypatch):
     value = make()

@@ -183,8 +183,10 @@ def write(value: Any, codec: str, sink: Any, compression: str | None = None) -> 
         options = ipc.IpcWriteOptions(compression=pa.Codec(compression, level) if compression else None,
                                       use_threads=True)  # fmt: skip
         with ipc.new_file(pa.PythonFile(_Count(sink), mode="w"), table.schema, options=options) as w:
+            # Uncompressed, one batch: each column is one buffer, which a restore can use
+            # where it lies (`_frames`); compressed, batches of at most BATCH_ROWS.
             for batch in _batches(table, compression):
-                w.write_table(batch, max_chunksize=BATCH_ROWS)
+                w.write_table(batch, max_chunksize=BATCH_ROWS if compression else None)
         return "arrow"
     stream: Any = sink
     out: Any = None

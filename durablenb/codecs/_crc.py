@@ -38,24 +38,22 @@ def _square(mat: list[int]) -> list[int]:
     return [_times(mat, mat[n]) for n in range(32)]
 
 
-def _operators() -> list[list[int]]:
-    """``[k]``: the operator advancing a CRC over 2**k zero bytes, k < 64."""
-    if not _ops:
+def _operators(bits: int) -> list[list[int]]:
+    """``[k]``: the operator advancing a CRC over 2**k zero bytes, for every k < *bits*
+    (made once, as far as asked)."""
+    if len(_ops) < bits:
         with _lock:
             if not _ops:
                 one_bit = [0xEDB88320] + [1 << n for n in range(31)]
-                op = _square(_square(_square(one_bit)))  # 8 zero bits: one byte
-                found = [op]
-                for _ in range(63):
-                    op = _square(op)
-                    found.append(op)
-                _ops.extend(found)
+                _ops.append(_square(_square(_square(one_bit))))  # 8 zero bits: one byte
+            while len(_ops) < bits:
+                _ops.append(_square(_ops[-1]))
     return _ops
 
 
 def combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-32 of A + B from ``crc32(A)``, ``crc32(B)`` and ``len(B)``."""
-    ops, k = _operators(), 0
+    ops, k = _operators(len2.bit_length()), 0
     while len2:
         if len2 & 1:
             crc1 = _times(ops[k], crc1)
