@@ -74,9 +74,15 @@ class Kernel:
         self.close()
 
     def close(self) -> None:
+        """Stop the kernel if alive, and close every socket of this manager's own context: a
+        socket left open (a dead kernel's control socket) makes the context's collection
+        wait forever, in whichever later test the garbage collector runs it."""
         self.kc.stop_channels()
         if self.km.is_alive():
             self.km.shutdown_kernel(now=True)
+        else:
+            self.km.cleanup_resources()
+        self.km.context.destroy(linger=0)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import time
@@ -197,8 +198,7 @@ class _Parts:
         except SyntaxError:
             source = shell.transform_cell(cell) if hasattr(shell, "transform_cell") else cell
             tree = ast.parse(source)
-        self.names = assigned_names(tree)
-        self.reads = [n for n in read_names(tree) if n not in self.names]
+        self._tree = tree
         #: Re-run on restore instead of decoded: imports, and the notebook's own functions
         #: and classes (they pickle by reference to a __main__ a new kernel does not have).
         self.rerun = [n for n in tree.body if isinstance(n, _RERUN)]
@@ -208,6 +208,16 @@ class _Parts:
         self.quiet = _ends_with_semicolon(cell)
         self.filename = shell.compile.cache(source) if hasattr(shell, "compile") else "<durable-cell>"
         self.ns = shell.user_ns
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        """The names the cell assigns (then those it changed in place, once it ran)."""
+        return assigned_names(self._tree)
+
+    @functools.cached_property
+    def reads(self) -> list[str]:
+        """The names the cell only reads."""
+        return [n for n in read_names(self._tree) if n not in self.names]
 
     def execute(self) -> Any:
         """Run the cell; names it only read but changed in place join the recorded ones."""
