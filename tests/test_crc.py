@@ -43,3 +43,14 @@ def test_a_damaged_byte_anywhere_in_a_large_blob_is_caught(tmp_path, where):
         f.write(bytes([byte[0] ^ 0x40]))
     with pytest.raises(CorruptRecordError, match="fails its checksum"):
         blobs.get(ref, crc=crc)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_checks_large_buffers_too():
+    data = np.random.default_rng(9).integers(0, 256, _crc.PARALLEL_FROM + 99, dtype=np.uint8)
+    expected = _crc.crc32(data)  # the parent's threads exist now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if _crc.crc32(data) == expected else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
