@@ -4,8 +4,8 @@ is run again, and its values are checked against the record.
 When a cell first runs, its record notes how long it ran and, for a cell that may be run
 again, how long its recorded values take to decode and to fingerprint. A cell may be run
 again only when its first run touched nothing outside the kernel (`_effects`), recorded
-every name it assigned, kept every value inline (no blob) and every value has a
-fingerprint. On a rerun it runs again, silently, when that is faster than decoding; what
+every name it assigned, kept every value inline (no blob, 8 MiB in all at most) and every
+value has a fingerprint. On a rerun it runs again, silently, when that is faster than decoding; what
 it printed and displayed is shown from the record, and every recorded name and the global
 state must come out equal to the record, or the recorded values are restored over them.
 """
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 #: A cell runs again only when that saves this many seconds and half of its restore: below,
 #: both are too quick to matter and the restore is the choice that runs no code.
 MIN_SAVED = 0.001
+#: Cells whose values take more than this many bytes are always restored (measuring their
+#: decoding and fingerprints would cost their first run too much).
+MEASURED_BYTES = 8 << 20
 #: Cells that ran longer than this are always restored (their values are not measured).
 RUN_AT_MOST = 1.0
 
@@ -39,7 +42,8 @@ def plan(parts: _Parts, out: dict[str, Any], run_s: float, effects: list[str]) -
 
     if effects or out["skipped"] or run_s > RUN_AT_MOST:
         return None
-    if any(blob for _codec, _data, _checksum, blob in out["names"].values()):
+    encoded = out["names"].values()
+    if any(blob for *_, blob in encoded) or sum(len(data or b"") for _, data, *_ in encoded) > MEASURED_BYTES:
         return None
     started = time.perf_counter()
     prints: dict[str, str] = {}
