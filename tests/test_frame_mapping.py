@@ -123,3 +123,35 @@ def test_values_over_mappings_are_capped_then_copied(tmp_path, monkeypatch):
     back = _stored(tmp_path, frame)()  # room again: a frame stays over its mapping
     _check(back, frame)
     assert len(_frames._kept) == 1 and _columnar is not None
+
+
+def test_without_memory_for_a_private_mapping_values_are_copied_out_of_a_shared_one(tmp_path, monkeypatch):
+    """Under strict overcommit a writable mapping of a large blob can fail (ENOMEM): the
+    blob is then mapped read-only and its values are copied out, writable all the same."""
+    import errno
+
+    from durablenb.store import blobs as blob_module
+
+    class NoPrivate(mmap.mmap):
+        def __new__(cls, fd, length, *args, **kwargs):
+            if kwargs.get("access") == mmap.ACCESS_COPY:
+                raise OSError(errno.ENOMEM, "Cannot allocate memory")
+            return super().__new__(cls, fd, length, *args, **kwargs)
+
+    array = np.arange(200_000, dtype=np.int64)
+    frame = NUMERIC[0]()
+    restore_array = _stored_npy(tmp_path, array)
+    restore_frame = _stored(tmp_path, frame)
+    monkeypatch.setattr(blob_module.mmap, "mmap", NoPrivate)
+    back, again = restore_array(), restore_frame()
+    assert np.array_equal(back, array) and not _over_a_mapping(back)
+    back[0] = -1
+    _check(again, frame)
+    again.iloc[0, 0] = 42
+    assert again.iloc[0, 0] == 42
+
+
+def _stored_npy(tmp_path, value):
+    blobs = FolderBlobs(tmp_path / "npy-blobs")
+    ref, _, crc = blobs.put(lambda f: codecs.write(value, codecs.NPY, f, None))
+    return lambda: codecs.decode(codecs.NPY, blobs.get(ref, crc=crc))

@@ -7,6 +7,7 @@ the record that refers to it is written.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -109,6 +110,19 @@ def _storage_error(verb: str, where: str, exc: BaseException) -> StorageError:
     )
 
 
+def mapped(fd: int) -> mmap.mmap:
+    """File *fd* mapped privately (copy on write), so that what is decoded over it is
+    writable and its writes stay in this process; read-only where the system will not
+    reserve memory for a writable mapping of that size (strict overcommit), when decoders
+    copy out of it instead."""
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM:
+            raise
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+
+
 def _check(data: Any, ref: str, what: str, where: str, crc: int | None = None) -> None:
     bad = _crc.crc32(data) != crc if crc is not None else hashlib.sha256(data).hexdigest() != ref
     if bad:
@@ -195,7 +209,7 @@ class FolderBlobs(BlobStore):
             size = os.fstat(f.fileno()).st_size
             # A private mapping: an array decoded over it is writable, its writes stay in
             # this process (copied on write), and its unwritten pages stay the file's.
-            data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+            data: Any = mapped(f.fileno()) if size else b""
         advise = size and hasattr(data, "madvise")
         if advise:
             data.madvise(mmap.MADV_WILLNEED)
@@ -326,7 +340,7 @@ class PostgresBlobs(BlobStore):
             with tempfile.TemporaryFile() as tmp:
                 size = self._spool(ref, tmp, what, crc)
                 # Private: an array decoded over it is writable and its writes stay here.
-                return mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+                return mapped(tmp.fileno()) if size else b""
         except OSError as exc:  # the temporary file: no space, no permission
             raise _storage_error("read", self.url, exc) from exc
 
@@ -419,7 +433,7 @@ class FsspecBlobs(BlobStore):
                 self._download(ref, local)
                 with open(local, "rb") as f:  # private: writes to what is decoded stay here
                     size = os.fstat(f.fileno()).st_size
-                    data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+                    data: Any = mapped(f.fileno()) if size else b""
             finally:
                 Path(local).unlink(missing_ok=True)
         except FileNotFoundError:
