@@ -5,9 +5,10 @@ When a cell first runs, its record notes how long it ran and, for a cell that ma
 again, how long its recorded values take to decode and to fingerprint. A cell may be run
 again only when its first run touched nothing outside the kernel (`_effects`), recorded
 every name it assigned, kept every value inline (no blob, 8 MiB in all at most) and every
-value has a fingerprint. On a rerun it runs again, silently, when that is faster than decoding; what
-it printed and displayed is shown from the record, and every recorded name and the global
-state must come out equal to the record, or the recorded values are restored over them.
+value has a fingerprint. On a rerun it runs again, its output hidden, when running and
+checking take under half of decoding (and save at least `MIN_SAVED`); what it printed and
+displayed is shown from the record, and every recorded name and the global state must
+come out equal to the record, or the recorded values are restored over them.
 """
 
 from __future__ import annotations
