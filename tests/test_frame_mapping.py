@@ -38,10 +38,11 @@ def _over_a_mapping(array) -> bool:
     return isinstance(root, memoryview) and isinstance(root.obj, mmap.mmap)
 
 
-def _stored(tmp_path, value):
+def _stored(tmp_path, value, codec=codecs.ARROW):
+    """Store *value* as a folder blob; what restores it."""
     blobs = FolderBlobs(tmp_path / "blobs")
     used: list[str] = []
-    ref, _, crc = blobs.put(lambda f: used.append(codecs.write(value, codecs.ARROW, f, None)))
+    ref, _, crc = blobs.put(lambda f: used.append(codecs.write(value, codec, f, None)))
     return lambda: codecs.decode(used[0], blobs.get(ref, crc=crc))
 
 
@@ -52,12 +53,18 @@ def _check(back, value):
         pd.testing.assert_frame_equal(back, value, check_exact=True, check_index_type=True)
 
 
-@pytest.mark.parametrize("make", NUMERIC)
-def test_a_numeric_frame_restores_over_its_mapping_and_takes_writes_privately(tmp_path, make, monkeypatch):
-    value = make()
-    seen = []
+@pytest.fixture
+def seen(monkeypatch) -> list:
+    """What each restore's attempt to stay over its mapping gave (None: converted)."""
+    found: list = []
     real = _frames.over_mapping
-    monkeypatch.setattr(_frames, "over_mapping", lambda t, m: seen.append(r := real(t, m)) or r)
+    monkeypatch.setattr(_frames, "over_mapping", lambda t, m: found.append(r := real(t, m)) or r)
+    return found
+
+
+@pytest.mark.parametrize("make", NUMERIC)
+def test_a_numeric_frame_restores_over_its_mapping_and_takes_writes_privately(tmp_path, make, seen):
+    value = make()
     restore = _stored(tmp_path, value)
     back = restore()
     assert seen and seen[0] is not None  # no conversion
@@ -80,11 +87,8 @@ def test_a_frame_of_more_rows_than_a_batch_still_restores_over_its_mapping(tmp_p
 
 
 @pytest.mark.parametrize("make", OTHER)
-def test_other_frames_are_converted_by_arrow(tmp_path, make, monkeypatch):
+def test_other_frames_are_converted_by_arrow(tmp_path, make, seen):
     value = make()
-    seen = []
-    real = _frames.over_mapping
-    monkeypatch.setattr(_frames, "over_mapping", lambda t, m: seen.append(r := real(t, m)) or r)
     back = _stored(tmp_path, value)()
     assert seen == [None]
     _check(back, value)
@@ -140,7 +144,7 @@ def test_without_memory_for_a_private_mapping_values_are_copied_out_of_a_shared_
 
     array = np.arange(200_000, dtype=np.int64)
     frame = NUMERIC[0]()
-    restore_array = _stored_npy(tmp_path, array)
+    restore_array = _stored(tmp_path, array, codecs.NPY)
     restore_frame = _stored(tmp_path, frame)
     monkeypatch.setattr(blob_module.mmap, "mmap", NoPrivate)
     back, again = restore_array(), restore_frame()
@@ -150,8 +154,3 @@ def test_without_memory_for_a_private_mapping_values_are_copied_out_of_a_shared_
     again.iloc[0, 0] = 42
     assert again.iloc[0, 0] == 42
 
-
-def _stored_npy(tmp_path, value):
-    blobs = FolderBlobs(tmp_path / "npy-blobs")
-    ref, _, crc = blobs.put(lambda f: codecs.write(value, codecs.NPY, f, None))
-    return lambda: codecs.decode(codecs.NPY, blobs.get(ref, crc=crc))

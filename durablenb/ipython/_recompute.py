@@ -13,7 +13,6 @@ come out equal to the record, or the recorded values are restored over them.
 
 from __future__ import annotations
 
-import ast
 import io
 import sys
 import time
@@ -108,9 +107,7 @@ def run_again(parts: _Parts, out: dict[str, Any]) -> bool:
 def _execute(parts: _Parts) -> bool:
     __tracebackhide__ = True
     try:
-        exec(compile(ast.Module(body=parts.body, type_ignores=[]), parts.filename, "exec"), parts.ns)
-        if parts.last is not None:
-            eval(compile(ast.Expression(parts.last.value), parts.filename, "eval"), parts.ns)
+        parts.run()
     except Exception:  # noqa: BLE001  (it ran differently: its record is restored)
         return False
     return True

@@ -219,15 +219,20 @@ class _Parts:
         """The names the cell only reads."""
         return [n for n in read_names(self._tree) if n not in self.names]
 
+    def run(self) -> Any:
+        """Execute the cell's statements in its namespace; the value of its last expression."""
+        __tracebackhide__ = True
+        exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
+        if self.last is None:
+            return None
+        return eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
+
     def execute(self) -> Any:
         """Run the cell; names it only read but changed in place join the recorded ones."""
         __tracebackhide__ = True
         before = {n: fp for n in self.reads if n in self.ns and (fp := fingerprint(self.ns[n]))}
         state = _outputs.global_state()
-        exec(compile(ast.Module(body=self.body, type_ignores=[]), self.filename, "exec"), self.ns)
-        value = None
-        if self.last is not None:
-            value = eval(compile(ast.Expression(self.last.value), self.filename, "eval"), self.ns)
+        value = self.run()
         self.in_place = [n for n, fp in before.items() if n in self.ns and fingerprint(self.ns[n]) != fp]
         self.names += self.in_place
         self.changed_state = {
