@@ -12,7 +12,6 @@ import json
 import math
 import pickle
 import traceback
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,7 @@ class Encoded:
 
 def checksum(data: bytes) -> int:
     """CRC-32 of *data*."""
-    return zlib.crc32(data)
+    return _crc.update(data)
 
 
 def _json_safe(value: Any, budget: list[int]) -> bool:
@@ -112,7 +111,7 @@ def encode_scalar(value: Any) -> Encoded | None:
     except ValueError:  # an int over the interpreter's digit limit
         return None
     data = text.encode()
-    return Encoded(JSON, data, zlib.crc32(data))
+    return Encoded(JSON, data, _crc.update(data))
 
 
 def choose(value: Any) -> str:
@@ -159,18 +158,18 @@ def encode(value: Any, codec: str | None = None, seal: Seal | None = None,
     codec = codec or choose(value)
     if codec == JSON:
         data = _JSON.encode(value).encode()
-        return Encoded(JSON, data, zlib.crc32(data))
+        return Encoded(JSON, data, _crc.update(data))
     if codec in (ARROW, NPY):
         import io
 
         sink = io.BytesIO()
         used = write(value, codec, sink)
         data = sink.getvalue()
-        return Encoded(used, data, zlib.crc32(data))
+        return Encoded(used, data, _crc.update(data))
     codec, data = pickled(value, refs)
     if seal is not None:
         codec = f"{codec}{_signing.SUFFIX}{seal.tag(codec, data)}"
-    return Encoded(codec, data, zlib.crc32(data))
+    return Encoded(codec, data, _crc.update(data))
 
 
 def pickled(value: Any, refs: Mapping[int, str] | None = None) -> tuple[str, bytes]:

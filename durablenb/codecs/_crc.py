@@ -1,18 +1,25 @@
-"""CRC-32 (zlib's) of large buffers on several threads.
+"""CRC-32 (zlib's checksum), computed by ISA-L where it is installed, and on several
+threads for large buffers.
 
-`zlib.crc32` lets go of the GIL on large buffers, so the parts of a buffer can be checked
-side by side; their checksums are then joined as zlib's ``crc32_combine`` does (which
-Python's zlib does not expose): the first part's CRC is advanced over as many zero bytes as
-the second part holds, by GF(2) operators precomputed once per power of two.
+ISA-L's CRC-32 (`isal`) is the same checksum as `zlib.crc32`, about five times as fast
+(34 against 6.4 GB/s on one x86 core); without it, zlib's is used. Both let go of the GIL
+on large buffers, so the parts of a buffer can be checked side by side; their checksums are
+then joined as zlib's ``crc32_combine`` does (which Python's zlib does not expose): the
+first part's CRC is advanced over as many zero bytes as the second part holds, by GF(2)
+operators precomputed once per power of two.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+try:
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - a platform without ISA-L's wheel
+    from zlib import crc32 as _crc32
 
 #: Buffers from this size are checked in parts, one per thread.
 PARALLEL_FROM = 32 << 20
@@ -70,18 +77,24 @@ def combine(crc1: int, crc2: int, len2: int) -> int:
     return crc1 ^ crc2
 
 
+def update(data: Any, crc: int = 0) -> int:
+    """``zlib.crc32(data, crc)``: the CRC-32 of what *crc* was the CRC-32 of, followed by
+    *data* (in the calling thread)."""
+    return _crc32(data, crc)
+
+
 def crc32(data: Any) -> int:
     """``zlib.crc32(data)``, on up to as many threads as the machine has cores."""
     view = memoryview(data).cast("B")
     n = len(view)
     parts = min(os.cpu_count() or 1, 4)
     if n < PARALLEL_FROM or parts < 2:
-        return zlib.crc32(view)
+        return _crc32(view)
     size = -(-n // parts // _ALIGN) * _ALIGN
     bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
     pool = _threads()
-    rest = [pool.submit(zlib.crc32, view[a:b]) for a, b in bounds[1:]]
-    crc = zlib.crc32(view[bounds[0][0] : bounds[0][1]])
+    rest = [pool.submit(_crc32, view[a:b]) for a, b in bounds[1:]]
+    crc = _crc32(view[bounds[0][0] : bounds[0][1]])
     for (a, b), part in zip(bounds[1:], rest, strict=True):
         crc = combine(crc, part.result(), b - a)
     return crc

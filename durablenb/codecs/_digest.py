@@ -3,7 +3,7 @@
 Written to a file, the bytes are hashed in threads beside the writer: each hash reads the
 file behind it (mapped, in steps of a few MB) from the pages the writes just filled, so the
 writer never waits for a hash and never has to keep its buffers for one; on two cores,
-hashing a large value costs little more than writing it. Both `hashlib` and `zlib.crc32`
+hashing a large value costs little more than writing it. Both `hashlib` and the CRC-32 (`_crc`)
 release the GIL on large buffers.
 """
 
@@ -13,11 +13,11 @@ import hashlib
 import mmap
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .. import _faults
+from . import _crc
 
 #: Bytes a hash reads at a time: a multiple of every platform's mapping granularity.
 STEP = 4 << 20
@@ -103,7 +103,7 @@ class FileDigest:
             self._flusher = _Follower(fd, lambda _: sync(fd), "durablenb-flush", FLUSH_STEP)
 
     def _fold_crc(self, data: Any) -> None:
-        self._crc = zlib.crc32(data, self._crc)
+        self._crc = _crc.update(data, self._crc)
 
     def advance(self, end: int) -> None:
         """The file now holds *end* bytes."""
@@ -170,7 +170,7 @@ class HashingWriter:
             self._digest.advance(self.size)
         else:
             self.sha.update(view)
-            self.crc = zlib.crc32(view, self.crc)
+            self.crc = _crc.update(view, self.crc)
         return view.nbytes
 
     def flushed(self) -> None:

@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,7 +245,7 @@ def _intact(path: Path, size: int, crc: int) -> bool:
         found = 0
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
-                found = zlib.crc32(chunk, found)
+                found = _crc.update(chunk, found)
         return found == crc
     except OSError:
         return False
@@ -320,7 +319,7 @@ class PostgresBlobs(BlobStore):
         """Whether blob *ref*'s chunks hold *size* bytes with CRC-32 *crc*."""
         found, n = 0, 0
         for chunk in self._chunks(conn, ref):
-            found = zlib.crc32(chunk, found)
+            found = _crc.update(chunk, found)
             n += len(chunk)
         return n == size and found == crc
 
@@ -357,7 +356,7 @@ class PostgresBlobs(BlobStore):
                 pos += len(chunk)
                 if pos <= size:
                     out.write(chunk)
-                    found = zlib.crc32(chunk, found)
+                    found = _crc.update(chunk, found)
                     if sha is not None:
                         sha.update(chunk)
             out.flush()
