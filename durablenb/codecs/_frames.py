@@ -1,10 +1,13 @@
-"""Frames restored without a copy: a numeric frame over a blob's private mapping.
+"""Frames restored without a copy: a frame of fixed-width columns over a blob's private
+mapping.
 
-A pandas frame whose columns are all integers or floats without nulls, with a range index,
-lies in an Arrow file as one contiguous buffer per column. Read from a private (copy on
-write) mapping of that file, each column can be a NumPy array over the mapping itself: no
-conversion, no new memory, pages read from the page cache on first touch and copied on
-first write, which stay in this process. Any other frame is converted by Arrow.
+A pandas frame whose columns are all integers, floats, timestamps (with or without a time
+zone) or categoricals, without nulls, with a range index, lies in an Arrow file as one
+contiguous buffer per column (a categorical's codes; its categories are small and
+converted). Read from a private (copy on write) mapping of that file, each column can be a
+NumPy array over the mapping itself: no conversion, no new memory, pages read from the page
+cache on first touch and copied on first write, which stay in this process. Any other frame
+is converted by Arrow.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _PLAIN = frozenset("int8 int16 int32 int64 uint8 uint16 uint32 uint64 float floa
 
 def over_mapping(table: Any, memory: Any) -> Any:
     """The pandas frame of *table* (read from the writable buffer *memory* without copies)
-    with its columns over *memory*, or None when it is not such a numeric frame."""
+    with its columns over *memory*, or None when it is not such a frame."""
     import numpy as np
 
     meta = table.schema.pandas_metadata
@@ -57,25 +60,63 @@ def over_mapping(table: Any, memory: Any) -> Any:
         return None
     if view.readonly:
         return None
-    base = np.frombuffer(view, dtype=np.uint8)
-    start = base.__array_interface__["data"][0]
-    numpy_types = {c.get("name"): c.get("numpy_type") for c in meta.get("columns", [])}
-    arrays = []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if str(field.type) not in _PLAIN or column.num_chunks != 1 or column.null_count:
+    start = np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0]
+    template = table.slice(0, 0).to_pandas()  # the column labels and dtypes Arrow would give
+    columns = []
+    for j, (field, column) in enumerate(zip(table.schema, table.columns, strict=True)):
+        if column.num_chunks != 1 or column.null_count:
             return None
-        dtype = np.dtype(field.type.to_pandas_dtype())
-        if numpy_types.get(field.name) != str(dtype):
+        made = _column(field.type, column.chunk(0), template.dtypes.iloc[j], view, start)
+        if made is None:
             return None
-        chunk = column.chunk(0)
-        data = chunk.buffers()[1]
-        if data is None:
+        columns.append(made)
+    return _assemble(table, meta, template, columns) if may_keep(memory) else None
+
+
+def _column(kind: Any, chunk: Any, dtype: Any, view: memoryview, start: int) -> Any:
+    """Arrow array *chunk* as the pandas column of *dtype* over *view* (whose first byte is
+    at address *start*), or None when it cannot be."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        if not isinstance(dtype, pd.CategoricalDtype) or str(kind.index_type) not in _PLAIN:
             return None
-        offset = data.address - start + chunk.offset * dtype.itemsize
-        if offset < 0 or offset + len(chunk) * dtype.itemsize > len(view) or offset % dtype.alignment:
+        codes = _over(chunk.indices, view, start)
+        if codes is None or codes.dtype.kind != "i":
             return None
-        arrays.append(np.frombuffer(view, dtype=dtype, count=len(chunk), offset=offset))
-    return _assemble(table, meta, arrays) if may_keep(memory) else None
+        return pd.Categorical.from_codes(codes, dtype=dtype)  # checks each code is in range
+    if pa.types.is_timestamp(kind):
+        array = _over(chunk, view, start, f"M8[{kind.unit}]")
+        if array is None:
+            return None
+        if kind.tz is None:
+            return array if array.dtype == dtype else None
+        if not isinstance(dtype, pd.DatetimeTZDtype) or dtype.unit != kind.unit:
+            return None
+        try:  # the public constructors copy
+            return pd.arrays.DatetimeArray._simple_new(array, dtype=dtype)
+        except (AttributeError, TypeError, ValueError):  # pragma: no cover - another pandas
+            return None
+    if str(kind) not in _PLAIN:
+        return None
+    array = _over(chunk, view, start)
+    return array if array is not None and array.dtype == dtype else None
+
+
+def _over(chunk: Any, view: memoryview, start: int, dtype: Any = None) -> Any:
+    """The NumPy array over *view* of the fixed-width Arrow array *chunk*, or None when its
+    buffer is not within *view* (or not aligned)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype or chunk.type.to_pandas_dtype())
+    data = chunk.buffers()[1]
+    if data is None:
+        return None
+    offset = data.address - start + chunk.offset * dtype.itemsize
+    if offset < 0 or offset + len(chunk) * dtype.itemsize > len(view) or offset % dtype.alignment:
+        return None
+    return np.frombuffer(view, dtype=dtype, count=len(chunk), offset=offset)
 
 
 def _range_index(meta: dict[str, Any]) -> bool:
@@ -83,11 +124,10 @@ def _range_index(meta: dict[str, Any]) -> bool:
     return not index or (len(index) == 1 and isinstance(index[0], dict) and index[0].get("kind") == "range")
 
 
-def _assemble(table: Any, meta: dict[str, Any], arrays: list[Any]) -> Any:
+def _assemble(table: Any, meta: dict[str, Any], template: Any, columns: list[Any]) -> Any:
     import pandas as pd
 
-    template = table.slice(0, 0).to_pandas()  # the column labels and dtypes Arrow would give
-    frame = pd.DataFrame(dict(enumerate(arrays)), copy=False)
+    frame = pd.DataFrame(dict(enumerate(columns)), copy=False)
     frame.columns = template.columns
     index = meta.get("index_columns", [])
     if index:
