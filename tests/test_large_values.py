@@ -198,6 +198,28 @@ def test_compressed_streams_start_with_small_batches_that_double(monkeypatch, tm
     pd.testing.assert_frame_equal(codecs.decode(used, _mapped(data, tmp_path)), value, check_exact=True)
 
 
+def test_a_compressed_group_of_many_batches_is_decompressed_on_threads_and_comes_back_equal(
+        monkeypatch, tmp_path, grouped):  # fmt: skip
+    import threading
+
+    import pyarrow.ipc as ipc
+
+    monkeypatch.setattr(_columnar, "FIRST_BATCH", 64 << 10)
+    monkeypatch.setattr(_columnar, "BATCH_ROWS", 12_000)
+    value = wide_frame(40_000)
+    used, data = _encoded(value, "zstd")
+    threads: set[str] = set()
+    real = ipc.RecordBatchFileReader.get_batch
+
+    def get_batch(self, i):
+        threads.add(threading.current_thread().name)
+        return real(self, i)
+
+    monkeypatch.setattr(ipc.RecordBatchFileReader, "get_batch", get_batch)
+    pd.testing.assert_frame_equal(codecs.decode(used, _mapped(data, tmp_path)), value, check_exact=True)
+    assert len(threads) > 1 and any(t.startswith("durablenb-codec") for t in threads)
+
+
 def test_groups_split_columns_by_their_bytes():
     value = pd.DataFrame({f"c{i}": np.arange(10, dtype=np.int64) for i in range(20)})
     value["small"] = np.arange(10, dtype=np.int8)

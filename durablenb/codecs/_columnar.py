@@ -13,7 +13,7 @@ import mmap
 from collections.abc import Callable
 from typing import Any
 
-from . import _frames
+from . import _frames, _workers
 
 KIND = b"durablenb.kind"
 ATTRS = b"durablenb.attrs"
@@ -355,12 +355,23 @@ def _to_pandas(source: Any, reader: Any, release: Callable[[], None] | None) -> 
 
 def _read(source: Any, fields: list[int]) -> Any:
     """The table of the compressed Arrow file *source* with only its top-level *fields*,
-    their buffers decompressed."""
+    their buffers decompressed: its record batches side by side, on the codec threads
+    (each with a reader of its own; Arrow lets go of the GIL while it decompresses)."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
     options = ipc.IpcReadOptions(included_fields=fields)
-    return ipc.open_file(pa.BufferReader(source), options=options).read_all()
+
+    def reader() -> Any:
+        return ipc.open_file(pa.BufferReader(source), options=options)
+
+    first = reader()
+    count = first.num_record_batches
+    if count < 2:
+        return first.read_all()
+    later = [_workers.pool().submit(lambda i: reader().get_batch(i), i) for i in range(1, count)]
+    batches = [first.get_batch(0)] + [f.result() for f in later]
+    return pa.Table.from_batches(batches, schema=first.schema)
 
 
 def _groups(schema: Any, fields: list[int]) -> list[list[int]]:

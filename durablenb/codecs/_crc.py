@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from ._workers import pool
 
 try:
     from isal.isal_zlib import crc32 as _crc32
@@ -31,15 +32,6 @@ _ALIGN = 1 << 16
 
 _ops: list[list[int]] = []
 _lock = threading.Lock()
-#: (pid, pool): a forked child makes its own (its parent's threads are not in it).
-_pool: list[tuple[int, ThreadPoolExecutor]] = []
-
-
-def _threads() -> ThreadPoolExecutor:
-    with _lock:
-        if not _pool or _pool[0][0] != os.getpid():
-            _pool[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=3, thread_name_prefix="durablenb-crc"))]
-        return _pool[0][1]
 
 
 def _times(mat: list[int], vec: int) -> int:
@@ -102,8 +94,7 @@ def crc32(data: Any) -> int:
         return _crc32(view)
     size = -(-n // parts // _ALIGN) * _ALIGN
     bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
-    pool = _threads()
-    rest = [pool.submit(_crc32, view[a:b]) for a, b in bounds[1:]]
+    rest = [pool().submit(_crc32, view[a:b]) for a, b in bounds[1:]]
     crc = _crc32(view[bounds[0][0] : bounds[0][1]])
     for (a, b), part in zip(bounds[1:], rest, strict=True):
         crc = combine(crc, part.result(), b - a)
