@@ -1,7 +1,7 @@
 """Rerunning a notebook of ``%%durable`` cells after its kernel died at 90 %, against running
 it from scratch, in real kernels (jupyter_client) on the embedded server.
 
-    python bench/cell_restore.py [--light 30] [--rounds 3]
+    python bench/cell_restore.py [--light 30] [--rounds 3] [--send one-by-one|queued|both]
 
 Two notebooks, every cell wrapped in ``%%durable``:
 - *heavy*: a 2-million-row frame, a large groupby, a least-squares fit of 20 features, then
@@ -14,11 +14,16 @@ runs the wrapped cells once; *rerun* runs the first 90 % of the cells, kills the
 (kernel start-up and ``%load_ext`` excluded), medians of --rounds; ratios are against
 *uninterrupted* (the target: <= 10 % with heavy cells, <= 1.1x with light ones) and
 against *scratch* in the same round.
+
+Cells are sent *one-by-one* (each request once the previous cell is idle: running cell after
+cell by hand, or nbclient and papermill) or *queued* (every request at once, the kernel
+running them in order: what a notebook front end's Run All sends).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pathlib
 import queue
@@ -57,23 +62,30 @@ class Kernel:
         self.kc.wait_for_ready(timeout=60)
 
     def run(self, code: str) -> None:
-        msg_id = self.kc.execute(code)
-        while True:
+        self.wait({self.kc.execute(code)})
+
+    def wait(self, pending: set[str]) -> None:
+        """Until every request in *pending* has finished (its kernel went idle)."""
+        while pending:
             try:
                 msg = self.kc.get_iopub_msg(timeout=600)
             except queue.Empty:
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
+            parent = msg["parent_header"].get("msg_id")
+            if parent not in pending:
                 continue
             if msg["msg_type"] == "error":
                 raise RuntimeError("\n".join(msg["content"]["traceback"])[-2000:])
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return
+                pending.discard(parent)
 
-    def cells(self, cells: list[str]) -> float:
+    def cells(self, cells: list[str], queued: bool = False) -> float:
         t = time.perf_counter()
-        for c in cells:
-            self.run(c)
+        if queued:
+            self.wait({self.kc.execute(c) for c in cells})
+        else:
+            for c in cells:
+                self.run(c)
         return time.perf_counter() - t
 
     def kill(self) -> None:
@@ -91,24 +103,24 @@ def wrapped(cells: list[str], tag: str) -> list[str]:
     return [f"%%durable --id {tag}-{i}\n{c}" for i, c in enumerate(cells)]
 
 
-def one_round(env: dict[str, str], cells: list[str]) -> dict[str, float]:
+def one_round(env: dict[str, str], cells: list[str], queued: bool) -> dict[str, float]:
     out = {}
     k = Kernel(env)
-    out["scratch"] = k.cells(cells)
+    out["scratch"] = k.cells(cells, queued)
     k.close()
     tag = uuid.uuid4().hex[:8]
     k = Kernel(env)
     k.run("%load_ext durablenb")
-    out["uninterrupted"] = k.cells(wrapped(cells, "u" + tag))
+    out["uninterrupted"] = k.cells(wrapped(cells, "u" + tag), queued)
     k.close()
     durable = wrapped(cells, "r" + tag)
     k = Kernel(env)
     k.run("%load_ext durablenb")
-    k.cells(durable[: int(len(durable) * 0.9)])
+    k.cells(durable[: int(len(durable) * 0.9)], queued)
     k.kill()
     k = Kernel(env)
     k.run("%load_ext durablenb")
-    out["rerun"] = k.cells(durable)
+    out["rerun"] = k.cells(durable, queued)
     k.close()
     return out
 
@@ -117,6 +129,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--light", type=int, default=30, help="light cells per notebook")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--send", choices=["one-by-one", "queued", "both"], default="one-by-one",
+                    help="how cells are sent to the kernel (see above)")
     args = ap.parse_args()
     home = pathlib.Path(tempfile.mkdtemp(prefix="durablenb-cells-"))
     env = dict(os.environ, DURABLENB_HOME=str(home), DURABLENB_TIMELINE="0")
@@ -128,15 +142,16 @@ def main() -> int:
     try:
         print("\nrerun after a kill at 90 % vs running from scratch, real kernels, "
               f"medians of {args.rounds}\n")
-        print("| notebook | cells | scratch s | uninterrupted s | rerun s | rerun / uninterrupted "
-              "| rerun / scratch |")
-        print("|---|---|---|---|---|---|---|")
-        for name, cells in notebooks.items():
-            rounds = [one_round(env, cells) for _ in range(args.rounds)]
+        print("| notebook | cells sent | cells | scratch s | uninterrupted s | rerun s "
+              "| rerun / uninterrupted | rerun / scratch |")
+        print("|---|---|---|---|---|---|---|---|")
+        sends = ["one-by-one", "queued"] if args.send == "both" else [args.send]
+        for (name, cells), send in itertools.product(notebooks.items(), sends):
+            rounds = [one_round(env, cells, send == "queued") for _ in range(args.rounds)]
             med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
             ratio = statistics.median(r["rerun"] / r["scratch"] for r in rounds)
             of_run = statistics.median(r["rerun"] / r["uninterrupted"] for r in rounds)
-            print(f"| {name} | {len(cells)} | {med['scratch']:.2f} | {med['uninterrupted']:.2f} | "
+            print(f"| {name} | {send} | {len(cells)} | {med['scratch']:.2f} | {med['uninterrupted']:.2f} | "
                   f"{med['rerun']:.2f} | {of_run:.2f}× | {ratio:.2f}× |")  # fmt: skip
     finally:
         from durablenb import server

@@ -15,6 +15,13 @@ timestamps), sized by their memory. For each size, every method runs in a fresh 
 - the disk: the frame's size in random bytes (made before the timing) written to a new file
   with fdatasync, then read back, in the same order and number as the others.
 
+The disk is also timed *alongside* the folder blobs: in their process, a new file of the
+frame's size written with fdatasync just before or just after each timed write (in turns).
+A write's speed here depends on the memory the system finds for the new file's pages: on a
+virtual machine, memory freed moments ago is reused many times faster than memory the host
+has reclaimed, so a separate process can see a disk several times faster or slower than
+the one the blobs met. The target "75 % of the disk" is checked against this figure.
+
 Times are medians of 3 runs (1 at 400 MB), printed with the load average before and after
 (they move with the machine's other work); peak memory is from the first run: the highest
 RSS above the process's RSS just before the operation, sampled every 2 ms. Every method
@@ -242,7 +249,9 @@ def worker(method: str, mb: int, dsn: str, home: str) -> dict:
         size = df.memory_usage(index=True, deep=True).sum() / 1e6
         prepare(df)  # the disk's bytes: random, the frame's size, nothing to encode
         repeats = 3 if mb <= 100 else 1
-        w, wmem, token = timed(lambda: write(df))
+        disk = _Alongside(df, home) if method == "durablenb-folder" else None
+        first = (lambda: timed(lambda: write(df)))  # noqa: E731
+        w, wmem, token = disk.around(0, first) if disk else first()
         info = describe(token)
         r, rmem, back = timed(lambda: read(token))
         ok = len(back) > 0 if method == "disk" else back.equals(df)
@@ -250,13 +259,43 @@ def worker(method: str, mb: int, dsn: str, home: str) -> dict:
         ws, rs = [w], [r]
         for k in range(repeats - 1):  # medians: these machines are shared and noisy
             df.loc[0, "value"] = -1.0 - k  # new content: no write is a deduplicated no-op
-            ws.append(timed(lambda: write(df))[0])
+            step = (lambda: timed(lambda: write(df))[0])  # noqa: E731
+            ws.append(disk.around(k + 1, step) if disk else step())
             rs.append(timed(lambda: read(token))[0])
         w, r = statistics.median(ws), statistics.median(rs)
     finally:
         close()
     return {"method": method, "mb": mb, "frame_mb": size, "write_s": w, "read_s": r,
-            "write_mb": wmem, "read_mb": rmem, "ok": bool(ok), "info": info}  # fmt: skip
+            "write_mb": wmem, "read_mb": rmem, "ok": bool(ok), "info": info,
+            "disk_s": statistics.median(disk.times) if disk else None}  # fmt: skip
+
+
+class _Alongside:
+    """The disk's write speed in this process, timed next to each write being measured."""
+
+    def __init__(self, df, home: str) -> None:
+        size = int(df.memory_usage(index=True, deep=True).sum())
+        self.data = os.urandom(1 << 20) * max(1, size >> 20)
+        self.home = home
+        self.times: list[float] = []
+
+    def _write(self) -> None:
+        path = Path(self.home) / f"alongside-{uuid.uuid4().hex}.bin"
+        t = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(self.data)
+            f.flush()
+            os.fdatasync(f.fileno())
+        self.times.append(time.perf_counter() - t)
+
+    def around(self, k: int, measured):
+        """*measured()*, with a disk write before it (even *k*) or after it (odd)."""
+        if k % 2 == 0:
+            self._write()
+        out = measured()
+        if k % 2:
+            self._write()
+        return out
 
 
 def _load(avg: tuple[float, float, float]) -> str:
@@ -321,6 +360,11 @@ def main() -> int:
         print(f"| {r['mb']} MB | {r['method']} | {r['frame_mb'] / r['write_s']:.0f} | "
               f"{r['frame_mb'] / r['read_s']:.0f} | {r['write_mb']:.0f} | {r['read_mb']:.0f} | "
               f"{'yes' if r['ok'] else 'NO'} | {r['info']} |")  # fmt: skip
+    for r in results:
+        if r.get("disk_s"):
+            disk, blobs = r["frame_mb"] / r["disk_s"], r["frame_mb"] / r["write_s"]
+            print(f"\n{r['mb']} MB: the disk alongside the folder blobs' writes: {disk:.0f} MB/s "
+                  f"(they wrote at {blobs / disk:.0%} of it)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
