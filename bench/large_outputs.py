@@ -267,7 +267,8 @@ def worker(method: str, mb: int, dsn: str, home: str) -> dict:
         close()
     return {"method": method, "mb": mb, "frame_mb": size, "write_s": w, "read_s": r,
             "write_mb": wmem, "read_mb": rmem, "ok": bool(ok), "info": info,
-            "disk_s": statistics.median(disk.times) if disk else None}  # fmt: skip
+            "disk_s": statistics.median(disk.times) if disk else None,
+            "pairs": list(zip(ws, disk.times, strict=True)) if disk else None}  # fmt: skip
 
 
 class _Alongside:
@@ -363,8 +364,11 @@ def main() -> int:
     for r in results:
         if r.get("disk_s"):
             disk, blobs = r["frame_mb"] / r["disk_s"], r["frame_mb"] / r["write_s"]
+            mb = r["frame_mb"]
+            pairs = ", ".join(f"{mb / w:.0f}/{mb / d:.0f}" for w, d in r["pairs"])
             print(f"\n{r['mb']} MB: the disk alongside the folder blobs' writes: {disk:.0f} MB/s "
-                  f"(they wrote at {blobs / disk:.0%} of it)")  # fmt: skip
+                  f"(they wrote at {blobs / disk:.0%} of it)")
+            print(f"  each write, blob/disk MB/s: {pairs}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
