@@ -152,7 +152,7 @@ def main() -> int:
             ratio = statistics.median(r["rerun"] / r["scratch"] for r in rounds)
             of_run = statistics.median(r["rerun"] / r["uninterrupted"] for r in rounds)
             print(f"| {name} | {send} | {len(cells)} | {med['scratch']:.2f} | {med['uninterrupted']:.2f} | "
-                  f"{med['rerun']:.2f} | {of_run:.2f}× | {ratio:.2f}× |")  # fmt: skip
+                  f"{med['rerun']:.2f} | {of_run:.3f}× | {ratio:.3f}× |")  # fmt: skip
     finally:
         from durablenb import server
 
