@@ -173,3 +173,21 @@ def test_without_memory_for_a_private_mapping_values_are_copied_out_of_a_shared_
     again.iloc[0, 0] = 42
     assert again.iloc[0, 0] == 42
 
+
+
+def test_categorical_codes_out_of_range_are_not_trusted(tmp_path):
+    """A code past the categories would read out of bounds: such a frame is left to Arrow."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    table = pa.Table.from_pandas(pd.DataFrame({"c": pd.Categorical(["a", "b", "a"])}), preserve_index=False)
+    bad = pa.DictionaryArray.from_arrays(pa.array([0, 5, 1], pa.int8()), table.column(0).chunk(0).dictionary,
+                                         safe=False)  # fmt: skip
+    table = pa.Table.from_arrays([bad], schema=table.schema)
+    path = tmp_path / "blob"
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    with open(path, "rb") as f:
+        memory = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    read = ipc.open_file(pa.py_buffer(memory)).read_all()
+    assert _frames.over_mapping(read, memory) is None

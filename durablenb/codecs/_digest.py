@@ -3,8 +3,8 @@
 Written to a file, the bytes are hashed in threads beside the writer: each hash reads the
 file behind it (mapped, in steps of a few MB) from the pages the writes just filled, so the
 writer never waits for a hash and never has to keep its buffers for one; on two cores,
-hashing a large value costs little more than writing it. Both `hashlib` and the CRC-32 (`_crc`)
-release the GIL on large buffers.
+hashing a large value costs little more than writing it. Both `hashlib` and the CRC-32
+(`_crc`) release the GIL on large buffers.
 """
 
 from __future__ import annotations

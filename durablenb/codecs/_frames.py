@@ -85,7 +85,10 @@ def _column(kind: Any, chunk: Any, dtype: Any, view: memoryview, start: int) -> 
         codes = _over(chunk.indices, view, start)
         if codes is None or codes.dtype.kind != "i":
             return None
-        return pd.Categorical.from_codes(codes, dtype=dtype)  # checks each code is in range
+        try:  # each code is checked to be in range: a bad one would read out of bounds
+            return pd.Categorical.from_codes(codes, dtype=dtype)
+        except ValueError:  # left to Arrow's conversion, which reports it
+            return None
     if pa.types.is_timestamp(kind):
         array = _over(chunk, view, start, f"M8[{kind.unit}]")
         if array is None:
