@@ -73,14 +73,20 @@ def grouped(monkeypatch):
 @pytest.mark.parametrize("source", ["mapped", "bytes"])
 def test_frames_converted_by_groups_of_columns_come_back_equal(grouped, make, compression, source,
                                                                tmp_path, monkeypatch):  # fmt: skip
-    calls = []
+    from durablenb.codecs import _assembled
+
+    calls, assembled = [], []
     real = _columnar._groups
     monkeypatch.setattr(_columnar, "_groups", lambda *a: calls.append(a) or real(*a))
+    whole = _assembled.assembled
+    monkeypatch.setattr(_assembled, "assembled", lambda *a: assembled.append(r := whole(*a)) or r)
     value = make()
     value.attrs = {"source": "test"}
     used, data = _encoded(value, compression)
     back = codecs.decode(used, _mapped(data, tmp_path) if source == "mapped" else data)
-    assert bool(calls) == (source == "mapped")  # grouped only there
+    by_batches = any(a is not None for a in assembled)
+    assert by_batches == (compression is not None and make in (FRAMES[5], FRAMES[7]))  # fixed-width only
+    assert bool(calls) == (source == "mapped" and not by_batches)  # else grouped only there
     if isinstance(value, pd.Series):
         pd.testing.assert_series_equal(back, value, check_exact=True)
     else:
@@ -218,6 +224,47 @@ def test_a_compressed_group_of_many_batches_is_decompressed_on_threads_and_comes
     monkeypatch.setattr(ipc.RecordBatchFileReader, "get_batch", get_batch)
     pd.testing.assert_frame_equal(codecs.decode(used, _mapped(data, tmp_path)), value, check_exact=True)
     assert len(threads) > 1 and any(t.startswith("durablenb-codec") for t in threads)
+
+
+def _fixed_width(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    return pd.DataFrame({
+        "seq": np.arange(n), "v": rng.random(n), "f": rng.random(n).astype(np.float32),
+        "c": pd.Categorical.from_codes(rng.integers(0, 3, n), ["lo", "mid", "hi"], ordered=True),
+        "at": pd.date_range("2013-01-01", periods=n, freq="s", tz="Europe/Paris"),
+        "naive": pd.date_range("2013-01-01", periods=n, freq="ms"),
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["mapped", "bytes"])
+def test_a_compressed_fixed_width_frame_is_assembled_batch_by_batch(monkeypatch, tmp_path, source):
+    """Each batch of each column goes straight into the column's final array: equal,
+    writable, and no group is converted by Arrow."""
+    from durablenb.codecs import _assembled
+
+    monkeypatch.setattr(_columnar, "FIRST_BATCH", 64 << 10)
+    monkeypatch.setattr(_columnar, "BATCH_ROWS", 12_000)
+    value = _fixed_width(40_000)
+    used, data = _encoded(value, "zstd")
+    made = []
+    whole = _assembled.assembled
+    monkeypatch.setattr(_assembled, "assembled", lambda *a: made.append(r := whole(*a)) or r)
+    monkeypatch.setattr(_columnar, "_to_pandas", lambda *a: pytest.fail("converted by Arrow"))
+    back = codecs.decode(used, _mapped(data, tmp_path) if source == "mapped" else data)
+    assert made and made[0] is not None
+    pd.testing.assert_frame_equal(back, value, check_exact=True)
+    back.loc[5, ["seq", "c", "at"]] = [-1, "hi", pd.Timestamp("2000-01-01", tz="Europe/Paris")]
+    assert back.loc[5, "seq"] == -1 and back.loc[5, "c"] == "hi"
+
+
+@pytest.mark.parametrize("column", ["v", "c", "at"])
+def test_a_null_in_a_later_batch_sends_the_frame_to_arrows_conversion(monkeypatch, tmp_path, column):
+    monkeypatch.setattr(_columnar, "FIRST_BATCH", 64 << 10)
+    monkeypatch.setattr(_columnar, "BATCH_ROWS", 12_000)
+    value = _fixed_width(40_000)
+    value.loc[39_000, column] = None
+    used, data = _encoded(value, "zstd")
+    pd.testing.assert_frame_equal(codecs.decode(used, _mapped(data, tmp_path)), value, check_exact=True)
 
 
 def test_groups_split_columns_by_their_bytes():

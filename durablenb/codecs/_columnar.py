@@ -13,7 +13,7 @@ import mmap
 from collections.abc import Callable
 from typing import Any
 
-from . import _frames, _workers
+from . import _assembled, _frames, _workers
 
 KIND = b"durablenb.kind"
 ATTRS = b"durablenb.attrs"
@@ -250,8 +250,11 @@ def decode(codec: str, data: Any) -> Any:
     meta = reader.schema.metadata or {}
     kind = meta.get(KIND, b"table")
     if kind in (b"pandas", b"series"):
-        df = None if COMPRESSION in meta else _frames.over_mapping(reader.read_all(), data)
-        if df is None:  # not all numeric, or not over writable memory: converted by Arrow
+        if COMPRESSION in meta:  # fixed-width columns: assembled batch by batch
+            df = _assembled.assembled(source, reader.schema, _releaser(data))
+        else:  # fixed-width columns over writable memory: left where they lie
+            df = _frames.over_mapping(reader.read_all(), data)
+        if df is None:  # converted by Arrow
             df = _to_pandas(source, reader, _releaser(data))
         if ATTRS in meta:
             df.attrs = json.loads(meta[ATTRS])

@@ -52,7 +52,7 @@ def over_mapping(table: Any, memory: Any) -> Any:
     import numpy as np
 
     meta = table.schema.pandas_metadata
-    if not meta or len(meta.get("column_indexes", [])) > 1 or not _range_index(meta):
+    if not meta or len(meta.get("column_indexes", [])) > 1 or not range_index(meta):
         return None
     try:
         view = memoryview(memory)
@@ -70,49 +70,63 @@ def over_mapping(table: Any, memory: Any) -> Any:
         if made is None:
             return None
         columns.append(made)
-    return _assemble(table, meta, template, columns) if may_keep(memory) else None
+    return assemble(table.num_rows, meta, template, columns) if may_keep(memory) else None
 
 
 def _column(kind: Any, chunk: Any, dtype: Any, view: memoryview, start: int) -> Any:
     """Arrow array *chunk* as the pandas column of *dtype* over *view* (whose first byte is
     at address *start*), or None when it cannot be."""
+    import pyarrow as pa
+
+    held = values_dtype(kind)
+    if held is None:
+        return None
+    values = _over(chunk.indices if pa.types.is_dictionary(kind) else chunk, view, start, held)
+    return None if values is None else as_column(kind, values, dtype)
+
+
+def values_dtype(kind: Any) -> Any:
+    """The NumPy dtype of the one buffer that holds the values of Arrow type *kind* (a
+    dictionary's codes), or None when it has no such buffer."""
+    import numpy as np
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        index = str(kind.index_type)
+        return np.dtype(kind.index_type.to_pandas_dtype()) if index in _PLAIN and index[0] == "i" else None
+    if pa.types.is_timestamp(kind):
+        return np.dtype(f"M8[{kind.unit}]")
+    return np.dtype(kind.to_pandas_dtype()) if str(kind) in _PLAIN else None
+
+
+def as_column(kind: Any, values: Any, dtype: Any) -> Any:
+    """The pandas column of *dtype* over *values* (from `values_dtype`), or None when
+    *dtype* is not what they make."""
     import pandas as pd
     import pyarrow as pa
 
     if pa.types.is_dictionary(kind):
-        if not isinstance(dtype, pd.CategoricalDtype) or str(kind.index_type) not in _PLAIN:
-            return None
-        codes = _over(chunk.indices, view, start)
-        if codes is None or codes.dtype.kind != "i":
+        if not isinstance(dtype, pd.CategoricalDtype):
             return None
         try:  # each code is checked to be in range: a bad one would read out of bounds
-            return pd.Categorical.from_codes(codes, dtype=dtype)
+            return pd.Categorical.from_codes(values, dtype=dtype)
         except ValueError:  # left to Arrow's conversion, which reports it
             return None
-    if pa.types.is_timestamp(kind):
-        array = _over(chunk, view, start, f"M8[{kind.unit}]")
-        if array is None:
-            return None
-        if kind.tz is None:
-            return array if array.dtype == dtype else None
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
         if not isinstance(dtype, pd.DatetimeTZDtype) or dtype.unit != kind.unit:
             return None
         try:  # the public constructors copy
-            return pd.arrays.DatetimeArray._simple_new(array, dtype=dtype)
+            return pd.arrays.DatetimeArray._simple_new(values, dtype=dtype)
         except (AttributeError, TypeError, ValueError):  # pragma: no cover - another pandas
             return None
-    if str(kind) not in _PLAIN:
-        return None
-    array = _over(chunk, view, start)
-    return array if array is not None and array.dtype == dtype else None
+    return values if values.dtype == dtype else None
 
 
-def _over(chunk: Any, view: memoryview, start: int, dtype: Any = None) -> Any:
-    """The NumPy array over *view* of the fixed-width Arrow array *chunk*, or None when its
-    buffer is not within *view* (or not aligned)."""
+def _over(chunk: Any, view: memoryview, start: int, dtype: Any) -> Any:
+    """The NumPy array of *dtype* over *view* of the fixed-width Arrow array *chunk*, or
+    None when its buffer is not within *view* (or not aligned)."""
     import numpy as np
 
-    dtype = np.dtype(dtype or chunk.type.to_pandas_dtype())
     data = chunk.buffers()[1]
     if data is None:
         return None
@@ -122,12 +136,14 @@ def _over(chunk: Any, view: memoryview, start: int, dtype: Any = None) -> Any:
     return np.frombuffer(view, dtype=dtype, count=len(chunk), offset=offset)
 
 
-def _range_index(meta: dict[str, Any]) -> bool:
+def range_index(meta: dict[str, Any]) -> bool:
     index = meta.get("index_columns", [])
     return not index or (len(index) == 1 and isinstance(index[0], dict) and index[0].get("kind") == "range")
 
 
-def _assemble(table: Any, meta: dict[str, Any], template: Any, columns: list[Any]) -> Any:
+def assemble(rows: int, meta: dict[str, Any], template: Any, columns: list[Any]) -> Any:
+    """The frame of *columns* (*rows* long) labelled and indexed as *template*, or None when
+    its dtypes are not the template's."""
     import pandas as pd
 
     frame = pd.DataFrame(dict(enumerate(columns)), copy=False)
@@ -136,6 +152,6 @@ def _assemble(table: Any, meta: dict[str, Any], template: Any, columns: list[Any
     if index:
         r = index[0]
         frame.index = pd.RangeIndex(r["start"], r["stop"], r["step"], name=r.get("name"))
-    if len(frame.index) != table.num_rows or not frame.dtypes.equals(template.dtypes):
+    if len(frame.index) != rows or not frame.dtypes.equals(template.dtypes):
         return None
     return frame
