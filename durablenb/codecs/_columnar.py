@@ -251,7 +251,9 @@ def decode(codec: str, data: Any) -> Any:
     kind = meta.get(KIND, b"table")
     if kind in (b"pandas", b"series"):
         if COMPRESSION in meta:  # fixed-width columns: assembled batch by batch
-            df = _assembled.assembled(source, reader.schema, _releaser(data))
+            schema = reader.schema
+            every = list(range(len(schema)))
+            df = _assembled.assembled(source, schema, _releaser(data), lambda: _groups(schema, every))
         else:  # fixed-width columns over writable memory: left where they lie
             df = _frames.over_mapping(reader.read_all(), data)
         if df is None:  # converted by Arrow
