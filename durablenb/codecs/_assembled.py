@@ -24,8 +24,8 @@ def assembled(source: Any, schema: Any, release: Callable[[], None] | None,
     """The pandas frame in the compressed Arrow file *source* (of *schema*), or None when
     it is not such a frame (any null, any other type or index). Each batch is read a group
     of columns (*grouping()*: field numbers) at a time, so no more than that part of one batch
-    is decompressed at once. *release*, if given, is called after each batch: it drops the
-    pages of *source* read so far."""
+    is decompressed at once. *release*, if given, is called after each group of each batch:
+    it drops the pages of *source* read so far."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.ipc as ipc
@@ -55,10 +55,10 @@ def assembled(source: Any, schema: Any, release: Callable[[], None] | None,
             if end > rows or start + part.num_rows != end or not _copy(part, group, columns, start, samples):
                 return None
             del part
+            pa.default_memory_pool().release_unused()  # its buffers, freed
+            if release is not None:
+                release()
         start = end or start
-        pa.default_memory_pool().release_unused()  # the batch's buffers, freed
-        if release is not None:
-            release()
     if start != rows:
         return None
     template = pa.Table.from_arrays(samples, schema=schema).to_pandas()  # Arrow's labels and dtypes
