@@ -59,7 +59,7 @@ def assembled(source: Any, schema: Any, release: Callable[[], None] | None,
             if release is not None:
                 release()
         start = end or start
-    if start != rows:
+    if start != rows or any(sample is None for sample in samples):
         return None
     template = pa.Table.from_arrays(samples, schema=schema).to_pandas()  # Arrow's labels and dtypes
     made = [_frames.as_column(k, v, d) for k, v, d in zip(kinds, columns, template.dtypes, strict=True)]
