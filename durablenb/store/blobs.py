@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BlobStore", "FolderBlobs", "PostgresBlobs", "FsspecBlobs", "HashingWriter", "open_blobs"]
 
-CHUNK = 4 << 20  # bytes per read (and per PostgreSQL row: `codecs._digest.STEP`)
+CHUNK = 4 << 20  # bytes per read
+#: Bytes per PostgreSQL row: a reader's buffers (libpq's, and each row's bytes) hold one.
+ROW = 1 << 20
 
 
 class BlobStore:
@@ -260,9 +262,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _Rows:
-    """Inserts each piece it is called with as the next row of blob *ref*, in *conn*'s
-    transaction: a row at a time, so that the server stores each while the next is made
-    (a binary COPY would keep up to a thousand rows in memory and store them at its end)."""
+    """Inserts each piece it is called with as the next rows (of `ROW` bytes) of blob *ref*,
+    in *conn*'s transaction: a row at a time, so that the server stores each while the next
+    is made (a binary COPY would keep up to a thousand rows in memory and store them at its
+    end)."""
 
     def __init__(self, conn: Any, table: str, ref: str) -> None:
         self.conn = conn
@@ -271,12 +274,14 @@ class _Rows:
         self.seq = 0
 
     def __call__(self, piece: Any) -> None:
-        self.conn.execute(self.query, [self.ref, self.seq, memoryview(piece)])
-        self.seq += 1
+        view = memoryview(piece)
+        for start in range(0, len(view), ROW):
+            self.conn.execute(self.query, [self.ref, self.seq, view[start : start + ROW]])
+            self.seq += 1
 
 
 class PostgresBlobs(BlobStore):
-    """Blobs in the store's own database, in 4 MB rows inserted while the value is encoded."""
+    """Blobs in the store's own database, in 1 MB rows inserted while the value is encoded."""
 
     store: Store
 
