@@ -28,27 +28,14 @@ sys.path.insert(0, str(HERE))
 
 
 def write(dsn: str, schema: str, mb: int) -> list[str]:
-    from large_outputs import make_frame
+    """The workflow ids of a 2 MB and an *mb* MB frame checkpointed in *schema*."""
+    from large_outputs import checkpointer, make_frame
 
     import durablenb as dnb
 
     dnb.connect(dsn, schema=schema)
-    holder = {}
-
-    @dnb.step
-    def produce():
-        return holder["df"]
-
-    @dnb.workflow
-    def checkpoint(t):
-        return len(produce())
-
-    ids = []
-    for tag, size in (("small", 2), ("large", mb)):
-        holder["df"] = make_frame(size)
-        checkpoint(tag)
-        ids.append(checkpoint.id_for(tag))
-    return ids
+    checkpoint = checkpointer()
+    return [checkpoint(make_frame(size)) for size in (2, mb)]
 
 
 def restore(dsn: str, schema: str, large: str, small: str, warm: bool, mb: int) -> dict:

@@ -105,6 +105,30 @@ def timed(fn):
     return el, p.extra_mb, out
 
 
+def checkpointer():
+    """``write(frame) -> workflow id``: a new run of a one-step workflow whose step returns
+    the frame, on the connection made before."""
+    import durablenb as dnb
+
+    holder = {}
+
+    @dnb.step
+    def produce():
+        return holder["df"]
+
+    @dnb.workflow
+    def checkpoint(t):
+        return len(produce())
+
+    def write(df):
+        holder["df"] = df
+        t = uuid.uuid4().hex
+        checkpoint(t)
+        return checkpoint.id_for(t)
+
+    return write
+
+
 def setup(method: str, dsn: str, home: str):
     """``(write(frame) -> token, read(token) -> frame, describe(token) -> str, close())``."""
     tag = uuid.uuid4().hex[:8]
@@ -116,21 +140,7 @@ def setup(method: str, dsn: str, home: str):
             os.environ["DURABLENB_BLOB_URL"] = str(Path(home) / "blobs")
         schema = f"bench_{tag}"
         dnb.connect(dsn, schema=schema)
-        holder = {}
-
-        @dnb.step
-        def produce():
-            return holder["df"]
-
-        @dnb.workflow
-        def checkpoint(t):
-            return len(produce())
-
-        def write(df):
-            holder["df"] = df
-            t = uuid.uuid4().hex
-            checkpoint(t)
-            return checkpoint.id_for(t)
+        write = checkpointer()
 
         def read(wid):
             return dnb.output(wid, 0)
